@@ -1,0 +1,36 @@
+"""Watch events as NDJSON lines over chunked HTTP."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+from ..core.codec import NDJSON
+from ..watch.stream import WatchStream, encode
+
+__all__ = ["STREAM_HEADERS", "serve"]
+
+#: Headers of every streamed response: no proxy may buffer or cache it.
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+#: How many events one write carries at most when a watcher is behind.
+BATCH = 1000
+
+
+async def serve(request: web.Request, stream: WatchStream) -> web.StreamResponse:
+    """
+    Send a watch as one JSON event per line, each line flushed as it happens.
+
+    An HTTP/1.0 client, which cannot take chunks, gets the same lines on a
+    response that ends by closing the connection.
+    """
+    response = web.StreamResponse(
+        headers={"Content-Type": "application/json;stream=watch", **STREAM_HEADERS}
+    )
+    if request.version >= HttpVersion11:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    while (batch := await stream.next(BATCH)) is not None:
+        await response.write(b"".join(encode(batch, NDJSON)))
+    await response.write_eof()
+    return response
