@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
@@ -40,7 +42,25 @@ def loads(data: bytes | str) -> Any:
     Raises:
         ValueError: ``data`` is not valid JSON, or holds an integer beyond 64 bits.
     """
-    return orjson.loads(data)
+    if isinstance(data, str):
+        data = data.encode()
+    value = orjson.loads(data)
+    if _LONG_DIGITS.search(data):
+        # orjson reads an integer beyond 64 bits as a float, silently losing
+        # digits; the standard parser tells such a literal apart.
+        json.loads(data, parse_int=_int64)
+    return value
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_INT64 = range(-(2**63), 2**64)
+
+
+def _int64(literal: str) -> int:
+    number = int(literal)
+    if number not in _INT64:
+        raise ValueError(f"integer {literal[:40]} is beyond 64 bits")
+    return number
 
 
 def frame(kind: str, object_json: bytes, framing: str, rv: int | str = "") -> bytes:
