@@ -110,12 +110,13 @@ def spawn_hub(tmp_path: Path, *args: str, port: int | None = None) -> HubProcess
     """Start ``watchhub serve`` in a process and wait until it answers."""
     port = port or free_port()
     log = tmp_path / f"hub-{port}-{time.monotonic_ns()}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", "serve", "--port", str(port), *args],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clients.cli", "serve", "--port", str(port), *args],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + TIMEOUT
     while True:

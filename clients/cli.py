@@ -1,0 +1,301 @@
+"""The ``watchhub`` command line: serve a hub, and read, write and watch one.
+
+::
+
+    watchhub serve [--port 8080] [--store sqlite|memory] [--data watchhub.db]
+    watchhub get COLLECTION [NAME] [-l SELECTOR] [-o table|json]
+    watchhub apply -f FILE [-c COLLECTION]
+    watchhub delete COLLECTION NAME
+    watchhub watch COLLECTION [NAME] [--since RV] [-l SELECTOR] [-o table|json]
+
+Every command but ``serve`` talks to the hub at ``--server`` (default
+``$WATCHHUB_URL`` or ``http://127.0.0.1:8080``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from .client import Client
+from .errors import ApiError, ClientError
+
+__all__ = ["main"]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    try:
+        return asyncio.run(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except ApiError as error:
+        print(f"error: {error.message} ({error.code} {error.reason})", file=sys.stderr)
+        return 1
+    except (ClientError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="watchhub",
+        description="A hub of JSON resources that streams every change.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the hub")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port (0: any free one)")
+    serve.add_argument(
+        "--store", default="sqlite", choices=["sqlite", "memory"], help="where data lives"
+    )
+    serve.add_argument("--data", default="watchhub.db", help="the SQLite file")
+    serve.add_argument(
+        "--history", type=int, default=10_000, help="changes kept per collection"
+    )
+    serve.add_argument(
+        "--max-object-size", type=int, default=3 * 1024 * 1024, help="bytes"
+    )
+    serve.add_argument(
+        "--bookmark-interval", type=float, default=60.0, help="seconds between bookmarks"
+    )
+    serve.add_argument(
+        "--min-watch-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds; a watch without timeoutSeconds ends between this and twice it",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an origin, besides the hub's own, whose pages may open WebSockets",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+    def client_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument(
+            "--server",
+            default=os.environ.get("WATCHHUB_URL", DEFAULT_URL),
+            help="the hub's URL (default $WATCHHUB_URL or %(default)s)",
+        )
+        return sub
+
+    get = client_command("get", "list a collection, or get one object")
+    get.add_argument("collection")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-l", "--selector", help="label selector")
+    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.set_defaults(run=_get)
+
+    apply = client_command("apply", "create objects, or replace those that exist")
+    apply.add_argument("-f", "--filename", required=True, help="a JSON file, - for stdin")
+    apply.add_argument(
+        "-c", "--collection", help="the collection (default: from each object's kind)"
+    )
+    apply.set_defaults(run=_apply)
+
+    delete = client_command("delete", "delete one object")
+    delete.add_argument("collection")
+    delete.add_argument("name")
+    delete.set_defaults(run=_delete)
+
+    watch = client_command("watch", "print every change as it happens")
+    watch.add_argument("collection")
+    watch.add_argument("name", nargs="?")
+    watch.add_argument("--since", metavar="RV", help="start after this resourceVersion")
+    watch.add_argument("-l", "--selector", help="label selector")
+    watch.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    watch.add_argument(
+        "--transport", choices=["chunked", "websocket", "sse"], default="chunked"
+    )
+    watch.set_defaults(run=_watch)
+    return parser
+
+
+# serve
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hub import HubConfig
+    from hub.api import ServerConfig
+    from hub.app import ServeOptions, serve
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        store=args.store,
+        data=args.data,
+        hub=HubConfig(
+            history=args.history,
+            max_object_size=args.max_object_size,
+            bookmark_interval=args.bookmark_interval,
+            min_watch_timeout=args.min_watch_timeout,
+        ),
+        server=ServerConfig(
+            max_body_size=args.max_object_size + 1024 * 1024,
+            allowed_origins=args.allowed_origin,
+        ),
+    )
+    serve(options)
+    return 0
+
+
+# get, apply, delete
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _age(timestamp: str) -> str:
+    try:
+        created = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return "?"
+    seconds = int(
+        (datetime.now(timezone.utc) - created.replace(tzinfo=timezone.utc)).total_seconds()
+    )
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _table(items: list[dict[str, Any]]) -> str:
+    rows = [("NAME", "RESOURCEVERSION", "AGE", "LABELS")]
+    for item in items:
+        meta = item.get("metadata", {})
+        labels = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items())
+        rows.append(
+            (
+                meta.get("name", ""),
+                meta.get("resourceVersion", ""),
+                _age(meta.get("creationTimestamp", "")),
+                labels or "<none>",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "   " + row[3]
+        for row in rows
+    )
+
+
+async def _get(args: argparse.Namespace) -> int:
+    async with Client(args.server) as client:
+        if args.name:
+            obj = await client.get(args.collection, args.name)
+            if args.output == "json":
+                _print_json(obj)
+            else:
+                print(_table([obj]))
+            return 0
+        listed = await client.list(args.collection, label_selector=args.selector)
+        if args.output == "json":
+            _print_json(listed)
+        elif listed["items"]:
+            print(_table(listed["items"]))
+        else:
+            print(f"no objects in {args.collection}", file=sys.stderr)
+        return 0
+
+
+def _read_objects(path: str) -> list[dict[str, Any]]:
+    data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if isinstance(value, dict) and isinstance(value.get("items"), list):
+        value = value["items"]
+    objects = value if isinstance(value, list) else [value]
+    if not all(isinstance(obj, dict) for obj in objects):
+        raise ValueError(f"{path} must hold a JSON object, an array of them, or a List")
+    return objects
+
+
+def _collection_of(obj: dict[str, Any], default: str | None) -> str:
+    if default:
+        return default
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError("object has no kind: name its collection with -c")
+    kind = kind.lower()
+    return kind if kind.endswith("s") else kind + "s"
+
+
+async def _apply(args: argparse.Namespace) -> int:
+    objects = _read_objects(args.filename)
+    async with Client(args.server) as client:
+        for obj in objects:
+            collection = _collection_of(obj, args.collection)
+            name = obj.get("metadata", {}).get("name", "?")
+            try:
+                stored = await client.create(collection, obj)
+                verb = "created"
+            except ApiError as error:
+                if error.reason != "AlreadyExists":
+                    raise
+                stored = await client.replace(collection, obj)
+                verb = "replaced"
+            rv = stored["metadata"]["resourceVersion"]
+            print(f"{collection}/{name} {verb} (resourceVersion {rv})")
+    return 0
+
+
+async def _delete(args: argparse.Namespace) -> int:
+    async with Client(args.server) as client:
+        await client.delete(args.collection, args.name)
+    print(f"{args.collection}/{args.name} deleted")
+    return 0
+
+
+# watch
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    async with Client(args.server) as client:
+        watcher = await client.watch(
+            args.collection,
+            args.name,
+            resource_version=args.since,
+            label_selector=args.selector,
+            transport=args.transport,
+        )
+        async with watcher:
+            async for event in watcher:
+                if args.output == "json":
+                    line = orjson.dumps(event.to_dict()).decode()
+                elif event.type.value == "ERROR":
+                    line = f"ERROR     {event.object.get('message', '')}"
+                else:
+                    rv = event.resource_version
+                    line = f"{event.type.value:<9} {event.name or '-':<30} {rv}"
+                print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
