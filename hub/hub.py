@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ from .store.base import DEFAULT_HISTORY, Store
 from .store.memory import MemoryStore
 from .watch.cursor import Cursor
 from .watch.log import EventLog
-from .watch.stream import StreamDecoder, WatchStream
+from .watch.stream import Item, StreamDecoder, WatchStream
 
 __all__ = ["Collection", "Hub", "HubConfig"]
 
@@ -94,6 +95,12 @@ class Hub:
         self._streams: set[WatchStream] = set()
         self._ids = itertools.count(1)
         self._started = False
+        #: How many watchers were ended for falling behind.
+        self.slow_watchers = 0
+        #: Called with each watch stream and each batch it hands out (metrics).
+        self.on_batch: Callable[[WatchStream, list[Item]], None] | None = None
+        #: Called with each watch stream once it has ended (metrics).
+        self.on_stream_end: Callable[[WatchStream], None] | None = None
 
     # Lifecycle
 
@@ -140,9 +147,18 @@ class Hub:
         return self.log.resource_version
 
     @property
+    def started(self) -> bool:
+        """True once the store is open and the event log loaded from it."""
+        return self._started
+
+    @property
     def watchers(self) -> int:
         """How many watches are open."""
         return len(self._streams)
+
+    def streams(self) -> list[WatchStream]:
+        """Return the open watch streams."""
+        return list(self._streams)
 
     def collection(self, name: str) -> Collection:
         """
@@ -231,6 +247,7 @@ class Hub:
         )
         self._streams.add(stream)
         stream.id = next(self._ids)
+        stream.on_batch = self.on_batch
         logger.debug(
             "watch started",
             extra={
@@ -248,6 +265,14 @@ class Hub:
         stream.stop()
         if stream in self._streams:
             self._streams.discard(stream)
+            if self.on_stream_end is not None:
+                self.on_stream_end(stream)
+            if stream.end_reason == "slow":
+                self.slow_watchers += 1
+                logger.warning(
+                    "slow watcher ended",
+                    extra={"watch_id": stream.id, "transport": stream.transport},
+                )
             logger.debug(
                 "watch ended",
                 extra={

@@ -6,18 +6,18 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from ..core.codec import NDJSON
-from ..watch.stream import WatchStream, encode
+from ..watch.stream import Item, WatchStream, encode
+from .pump import hang_up, pump
 
 __all__ = ["STREAM_HEADERS", "serve"]
 
 #: Headers of every streamed response: no proxy may buffer or cache it.
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-#: How many events one write carries at most when a watcher is behind.
-BATCH = 1000
 
-
-async def serve(request: web.Request, stream: WatchStream) -> web.StreamResponse:
+async def serve(
+    request: web.Request, stream: WatchStream, *, write_timeout: float
+) -> web.StreamResponse:
     """
     Send a watch as one JSON event per line, each line flushed as it happens.
 
@@ -30,7 +30,12 @@ async def serve(request: web.Request, stream: WatchStream) -> web.StreamResponse
     if request.version >= HttpVersion11:
         response.enable_chunked_encoding()
     await response.prepare(request)
-    while (batch := await stream.next(BATCH)) is not None:
+
+    async def send(batch: list[Item]) -> None:
         await response.write(b"".join(encode(batch, NDJSON)))
-    await response.write_eof()
+
+    if await pump(stream, send, write_timeout=write_timeout):
+        await response.write_eof()
+    else:
+        hang_up(request.transport, write_timeout)
     return response

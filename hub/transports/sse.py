@@ -11,8 +11,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..core.codec import SSE
-from ..watch.stream import WatchStream, encode
-from .chunked import BATCH, STREAM_HEADERS
+from ..watch.stream import Item, WatchStream, encode
+from .chunked import STREAM_HEADERS
+from .pump import hang_up, pump
 
 __all__ = ["KEEPALIVE", "serve", "wants_sse"]
 
@@ -26,7 +27,11 @@ def wants_sse(request: web.Request) -> bool:
 
 
 async def serve(
-    request: web.Request, stream: WatchStream, *, keepalive: float = 15.0
+    request: web.Request,
+    stream: WatchStream,
+    *,
+    write_timeout: float,
+    keepalive: float = 15.0,
 ) -> web.StreamResponse:
     """Send a watch as Server-Sent Events, with a comment on idle streams."""
     response = web.StreamResponse(
@@ -35,7 +40,17 @@ async def serve(
     await response.prepare(request)
     # Ask the browser to wait a second before it reconnects on its own.
     await response.write(b"retry: 1000\n\n")
-    while (batch := await stream.next(BATCH, idle=keepalive)) is not None:
-        await response.write(b"".join(encode(batch, SSE)) if batch else KEEPALIVE)
-    await response.write_eof()
+
+    async def send(batch: list[Item]) -> None:
+        await response.write(b"".join(encode(batch, SSE)))
+
+    async def keep_alive() -> None:
+        await response.write(KEEPALIVE)
+
+    if await pump(
+        stream, send, write_timeout=write_timeout, idle=keepalive, on_idle=keep_alive
+    ):
+        await response.write_eof()
+    else:
+        hang_up(request.transport, write_timeout)
     return response

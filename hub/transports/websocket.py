@@ -17,8 +17,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..core.codec import WS
 from ..core.errors import Forbidden
-from ..watch.stream import WatchStream, encode
-from .chunked import BATCH
+from ..watch.stream import Item, WatchStream, encode
+from .pump import hang_up, pump
 
 __all__ = ["check_origin", "is_websocket", "serve"]
 
@@ -61,17 +61,22 @@ async def serve(
     heartbeat: float,
     max_msg_size: int,
     sockets: set[web.WebSocketResponse],
+    write_timeout: float,
 ) -> web.WebSocketResponse:
     """Send a watch over a WebSocket, one event per text frame."""
     ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=max_msg_size)
     await ws.prepare(request)
     sockets.add(ws)
     reader = asyncio.create_task(_read(ws, stream))
+
+    async def send(batch: list[Item]) -> None:
+        for frame in encode(batch, WS):
+            await ws.send_frame(frame, WSMsgType.TEXT)
+
     try:
-        while (batch := await stream.next(BATCH)) is not None:
-            for frame in encode(batch, WS):
-                await ws.send_frame(frame, WSMsgType.TEXT)
-        if not ws.closed:
+        if not await pump(stream, send, write_timeout=write_timeout):
+            hang_up(request.transport, write_timeout)
+        elif not ws.closed:
             await ws.close(code=WSCloseCode.OK)
     except ConnectionError:
         logger.debug("websocket peer went away", extra={"watch_id": stream.id})

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Union
 
 from ..core import codec
-from ..core.errors import HubError
+from ..core.errors import Expired, HubError
 from ..core.events import Change, Event, EventType
 from .cursor import Cursor
 
@@ -92,8 +93,15 @@ class WatchStream:
         self._done = False
         #: A number that names the watch in logs.
         self.id = 0
-        #: Why the stream ended: "timeout", "expired", "stopped" or "".
+        #: Why the stream ended: "timeout", "expired" (at its start), "slow"
+        #: (fell behind), "stopped" or "".
         self.end_reason = ""
+        #: The transport that carries the stream, for metrics.
+        self.transport = "inprocess"
+        #: The monotonic clock when the stream opened, for latency metrics.
+        self.opened_at = time.monotonic()
+        #: Called with the stream and each batch it hands out, for metrics.
+        self.on_batch: Callable[[WatchStream, list[Item]], None] | None = None
 
     @property
     def done(self) -> bool:
@@ -113,6 +121,8 @@ class WatchStream:
         while not self._done:
             batch = await self._next(limit, until)
             if batch:
+                if self.on_batch is not None:
+                    self.on_batch(self, batch)
                 return batch
             if until is not None and self._loop.time() >= until:
                 return []
@@ -140,7 +150,8 @@ class WatchStream:
         try:
             found: list[Item] = list(await cursor.next(limit, wait))
         except HubError as error:
-            return self._fail(error)
+            # The cursor fell out of the kept history: a slow watcher.
+            return self._fail(error, "slow")
         if found:
             return found
 
@@ -153,11 +164,25 @@ class WatchStream:
                 return [bookmark(self._hub_version())]
         return []
 
-    def _fail(self, error: HubError | None) -> list[Item]:
-        self._finish("expired")
+    def _fail(self, error: HubError | None, reason: str = "expired") -> list[Item]:
+        self._finish(reason)
         if error is None:
             return []
         return [Event(EventType.ERROR, error.to_status())]
+
+    def fall_behind(self, seconds: float) -> Event:
+        """
+        End a stream whose transport could not write for ``seconds``.
+
+        Returns the ERROR event (410 Expired) to send as the stream's last, if
+        the connection still takes it.
+        """
+        error = Expired(
+            f"watcher fell behind: its connection took nothing for {seconds:g} s"
+        )
+        (event,) = self._fail(error, "slow")
+        assert isinstance(event, Event)
+        return event
 
     def _finish(self, reason: str) -> None:
         self._done = True
