@@ -2,7 +2,8 @@
 
 ::
 
-    watchhub serve [--port 8080] [--store sqlite|memory] [--data watchhub.db]
+    watchhub serve [--port 8080] [--store sqlite|memory|nats://HOST:PORT]
+                   [--data watchhub.db] [--nats-bucket watchhub]
     watchhub get COLLECTION [NAME] [-l SELECTOR] [-o table|json]
     watchhub apply -f FILE [-c COLLECTION]
     watchhub delete COLLECTION NAME
@@ -60,9 +61,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080, help="port (0: any free one)")
     serve.add_argument(
-        "--store", default="sqlite", choices=["sqlite", "memory"], help="where data lives"
+        "--store",
+        default="sqlite",
+        type=_store_spec,
+        help="where data lives: sqlite, memory, or nats://HOST:PORT[,nats://...]",
     )
     serve.add_argument("--data", default="watchhub.db", help="the SQLite file")
+    serve.add_argument(
+        "--nats-bucket", default="watchhub", help="the JetStream key-value bucket"
+    )
+    serve.add_argument(
+        "--nats-replicas", type=int, default=1, help="JetStream replicas of new bucket"
+    )
+    serve.add_argument(
+        "--nats-key-history", type=int, default=64, help="revisions kept per key (1-64)"
+    )
     serve.add_argument(
         "--history", type=int, default=10_000, help="changes kept per collection"
     )
@@ -83,8 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="an origin, besides the hub's own, whose pages may open WebSockets",
+        help="an origin, besides the hub's own, whose pages may call the hub",
     )
+    _security_arguments(serve)
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -95,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
             "--server",
             default=os.environ.get("WATCHHUB_URL", DEFAULT_URL),
             help="the hub's URL (default $WATCHHUB_URL or %(default)s)",
+        )
+        sub.add_argument(
+            "--token",
+            default=os.environ.get("WATCHHUB_TOKEN"),
+            help="a bearer token (default $WATCHHUB_TOKEN)",
         )
         return sub
 
@@ -133,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
 # serve
 
 
+def _store_spec(value: str) -> str:
+    if value in ("sqlite", "memory") or value.startswith(("nats://", "tls://")):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"unknown store {value!r}: use sqlite, memory or nats://HOST:PORT"
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     from hub import HubConfig
     from hub.api import ServerConfig
@@ -147,6 +174,9 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         store=args.store,
         data=args.data,
+        nats_bucket=args.nats_bucket,
+        nats_replicas=args.nats_replicas,
+        nats_key_history=args.nats_key_history,
         hub=HubConfig(
             history=args.history,
             max_object_size=args.max_object_size,
@@ -156,10 +186,89 @@ def _serve(args: argparse.Namespace) -> int:
         server=ServerConfig(
             max_body_size=args.max_object_size + 1024 * 1024,
             allowed_origins=args.allowed_origin,
+            **_security_config(args),
         ),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
+    refusal = _refuse_open_hub(args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    from hub.api.security import check_config
+    from hub.app import tls_context
+
+    try:
+        check_config(options.server)
+        tls_context(options.tls_cert, options.tls_key)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     serve(options)
     return 0
+
+
+def _security_arguments(serve: argparse.ArgumentParser) -> None:
+    """Add the flags of authentication, authorization, limits and TLS."""
+    group = serve.add_argument_group("security (see docs/security.md)")
+    add = group.add_argument
+    add("--token-file", help='bearer tokens: token,user,uid,"group1,group2" per line')
+    add("--jwt-key", help="a JWT key file: an HS256 secret or an RS256 PEM public key")
+    add("--jwt-audience", default="watchhub", help="the audience JWTs must name")
+    add("--jwt-issuer", help="the issuer JWTs must name")
+    add(
+        "--anonymous",
+        action="store_true",
+        help="serve requests without credentials too (subject to the rules)",
+    )
+    add("--rules-file", help="authorization rules (JSON); without it, all is allowed")
+    add("--max-watchers", type=int, default=10_000, help="open watches, in all")
+    add("--max-watchers-per-client", type=int, default=1_000, help="open watches")
+    add("--max-objects-per-collection", type=int, default=100_000, help="objects")
+    add("--write-rate", type=float, default=1_000.0, help="writes/s per client; 0: any")
+    add("--write-burst", type=int, default=2_000, help="writes at once per client")
+    add("--header-timeout", type=float, default=15.0, help="seconds for a request head")
+    add("--body-timeout", type=float, default=30.0, help="seconds for a request body")
+    add("--tls-cert", help="a PEM certificate chain: serve HTTPS")
+    add("--tls-key", help="the PEM private key of --tls-cert")
+
+
+def _security_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "token_file": args.token_file,
+        "jwt_key_file": args.jwt_key,
+        "jwt_audience": args.jwt_audience,
+        "jwt_issuer": args.jwt_issuer,
+        "anonymous": args.anonymous,
+        "rules_file": args.rules_file,
+        "max_watchers": args.max_watchers,
+        "max_watchers_per_client": args.max_watchers_per_client,
+        "max_objects_per_collection": args.max_objects_per_collection,
+        "write_rate": args.write_rate,
+        "write_burst": args.write_burst,
+        "header_timeout": args.header_timeout,
+        "body_timeout": args.body_timeout,
+    }
+
+
+def _refuse_open_hub(args: argparse.Namespace) -> str | None:
+    # A hub without authentication is open to whoever reaches it: that is
+    # fine on the loopback, and needs saying so with --anonymous elsewhere.
+    import ipaddress
+
+    if args.token_file or args.jwt_key or args.anonymous:
+        return None
+    host = args.host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"refusing to serve on {args.host} without authentication: give "
+        "--token-file or --jwt-key, or --anonymous to serve everyone"
+    )
 
 
 # get, apply, delete
@@ -204,7 +313,7 @@ def _table(items: list[dict[str, Any]]) -> str:
 
 
 async def _get(args: argparse.Namespace) -> int:
-    async with Client(args.server) as client:
+    async with Client(args.server, token=args.token) as client:
         if args.name:
             obj = await client.get(args.collection, args.name)
             if args.output == "json":
@@ -248,7 +357,7 @@ def _collection_of(obj: dict[str, Any], default: str | None) -> str:
 
 async def _apply(args: argparse.Namespace) -> int:
     objects = _read_objects(args.filename)
-    async with Client(args.server) as client:
+    async with Client(args.server, token=args.token) as client:
         for obj in objects:
             collection = _collection_of(obj, args.collection)
             name = obj.get("metadata", {}).get("name", "?")
@@ -266,7 +375,7 @@ async def _apply(args: argparse.Namespace) -> int:
 
 
 async def _delete(args: argparse.Namespace) -> int:
-    async with Client(args.server) as client:
+    async with Client(args.server, token=args.token) as client:
         await client.delete(args.collection, args.name)
     print(f"{args.collection}/{args.name} deleted")
     return 0
@@ -276,7 +385,7 @@ async def _delete(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
-    async with Client(args.server) as client:
+    async with Client(args.server, token=args.token) as client:
         watcher = await client.watch(
             args.collection,
             args.name,

@@ -26,6 +26,7 @@ from ..core.errors import (
 from ..core.events import Change
 from ..hub import Collection, Hub
 from ..transports import chunked, sse, websocket
+from . import security
 from .params import WatchParams, is_watch
 
 __all__ = ["HUB_KEY", "ServerConfig", "create_app", "status_response"]
@@ -55,6 +56,24 @@ class ServerConfig:
         ws_max_message: The largest WebSocket message the hub reads.
         sse_keepalive: Seconds of silence after which an SSE stream gets a comment.
         allowed_origins: Origins, besides the hub's own, that may open WebSockets.
+        token_file: Bearer tokens, ``token,user,uid,"group1,group2"`` per line.
+        jwt_key_file: A JWT key: an HS256 secret, or an RS256 PEM public key.
+        jwt_audience: The audience a JWT must name.
+        jwt_issuer: The issuer a JWT must name, if set.
+        anonymous: Serve requests without credentials when tokens or JWTs are
+            configured (with neither, every request is served).
+        rules_file: Authorization rules (JSON); without it, every caller may
+            do everything.
+        max_watchers: Watches open at once, in all.
+        max_watchers_per_client: Watches open at once per user (or per peer
+            address, for anonymous callers).
+        max_objects_per_collection: Objects one collection may hold.
+        write_rate: Writes per second per client (0: unlimited).
+        write_burst: Writes a client may make at once before ``write_rate`` holds.
+        header_timeout: Seconds a connection may take to send a complete
+            request head, from its start or from the end of its last request.
+        body_timeout: Seconds a request body may take to arrive.
+        See docs/security.md.
     """
 
     max_body_size: int = 4 * MiB
@@ -62,6 +81,19 @@ class ServerConfig:
     ws_max_message: int = 1 * MiB
     sse_keepalive: float = 15.0
     allowed_origins: list[str] = field(default_factory=list)
+    token_file: str | None = None
+    jwt_key_file: str | None = None
+    jwt_audience: str = "watchhub"
+    jwt_issuer: str | None = None
+    anonymous: bool = False
+    rules_file: str | None = None
+    max_watchers: int = 10_000
+    max_watchers_per_client: int = 1_000
+    max_objects_per_collection: int = 100_000
+    write_rate: float = 1_000.0
+    write_burst: int = 2_000
+    header_timeout: float = 15.0
+    body_timeout: float = 30.0
 
 
 def create_app(hub: Hub, config: ServerConfig | None = None) -> web.Application:
@@ -79,6 +111,7 @@ def create_app(hub: Hub, config: ServerConfig | None = None) -> web.Application:
     app[HUB_KEY] = hub
     app[_CONFIG] = config
     app[_SOCKETS] = weakref.WeakSet()
+    security.install(app, hub, config)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/api/v1/watch/{collection}", _watch_collection)
     app.router.add_get("/api/v1/watch/{collection}/{name}", _watch_object)
