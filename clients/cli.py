@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from datetime import datetime, timezone
@@ -102,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="readable lines (default) or one JSON object per line",
+    )
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
@@ -164,11 +169,9 @@ def _serve(args: argparse.Namespace) -> int:
     from hub import HubConfig
     from hub.api import ServerConfig
     from hub.app import ServeOptions, serve
+    from hub.logs import configure
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(args.log_level, args.log_format)
     options = ServeOptions(
         host=args.host,
         port=args.port,

@@ -58,15 +58,15 @@ class RunningHub:
 
 
 async def start_hub(
-    hub: Hub | None = None, server: ServerConfig | None = None
+    hub: Hub | None = None, server: ServerConfig | None = None, port: int = 0
 ) -> RunningHub:
-    """Serve ``hub`` (a new memory hub by default) on a free port."""
+    """Serve ``hub`` (a new memory hub by default) on ``port`` (0: a free one)."""
     hub = hub or Hub(MemoryStore())
     runner = web.AppRunner(
         create_app(hub, server), handler_cancellation=True, shutdown_timeout=2.0
     )
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = runner.addresses[0][1]
     return RunningHub(hub, f"http://127.0.0.1:{port}", runner)

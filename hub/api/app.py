@@ -26,6 +26,7 @@ from ..core.errors import (
 from ..core.events import Change
 from ..hub import Collection, Hub
 from ..transports import chunked, sse, websocket
+from . import monitoring, page
 from . import security
 from .params import WatchParams, is_watch
 
@@ -121,6 +122,8 @@ def create_app(hub: Hub, config: ServerConfig | None = None) -> web.Application:
     app.router.add_put("/api/v1/{collection}/{name}", _replace)
     app.router.add_patch("/api/v1/{collection}/{name}", _patch)
     app.router.add_delete("/api/v1/{collection}/{name}", _delete)
+    page.setup(app, hub)
+    monitoring.setup(app, hub)
     app.on_startup.append(_start)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
@@ -324,6 +327,7 @@ async def _watch(request: web.Request, name: str | None) -> web.StreamResponse:
         send_initial_events=params.send_initial_events,
         timeout=params.timeout,
     )
+    stream.transport = "websocket" if upgrade else "sse" if event_stream else "chunked"
     try:
         if upgrade:
             return await websocket.serve(

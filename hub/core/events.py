@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +90,8 @@ class Change:
     create), so that a watcher with a label selector can tell an object that
     starts or stops matching. The object's JSON is encoded once, lazily, and
     each wire frame built from it is cached, so that every watcher receiving
-    this change is sent the same bytes.
+    this change is sent the same bytes. ``created_at`` is the monotonic clock
+    when the store made the change inside its write, for latency metrics.
     """
 
     resource_version: int
@@ -102,6 +104,7 @@ class Change:
     _frames: dict[tuple[EventType, str], bytes] = field(
         default_factory=dict, repr=False
     )
+    created_at: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def labels(self) -> dict[str, str]:
