@@ -1,4 +1,4 @@
-"""Clients of the watch hub: an async REST and watch client, and stream decoders.
+"""Clients of the watch hub: async and sync clients, an informer, stream decoders.
 
 ::
 
@@ -9,7 +9,10 @@
                 print(event.type, event.name, event.resource_version)
 
 The watcher type is the hub's own :class:`~hub.core.watcher.StreamWatcher`, the
-same one the embedded hub hands out. Logs go to the ``watchhub.client`` logger.
+same one the embedded hub hands out. :class:`SyncClient` offers the same
+operations to programs without an event loop, and :class:`Informer` keeps a
+local cache of a collection right across breaks (see docs/clients.md). Logs go
+to the ``watchhub.client`` logger.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 from hub.core.events import Event, EventType
 from hub.core.watcher import Decoder, StreamWatcher, Watcher
 
+from .backoff import Backoff
 from .client import Client, Transport
 from .decoders import (
     MAX_EVENT_SIZE,
@@ -26,6 +30,7 @@ from .decoders import (
     SSEParser,
     WebSocketDecoder,
     parse_event,
+    websocket_closed_error,
 )
 from .errors import (
     ApiError,
@@ -34,25 +39,33 @@ from .errors import (
     TransportError,
     status_from_response,
 )
+from .informer import Informer, InformerStatistics
+from .sync import SyncClient, SyncWatcher
 
 __all__ = [
     "MAX_EVENT_SIZE",
     "ApiError",
+    "Backoff",
     "Client",
     "ClientError",
     "DecodeError",
     "Decoder",
     "Event",
     "EventType",
+    "Informer",
+    "InformerStatistics",
     "NDJSONDecoder",
     "NDJSONParser",
     "SSEDecoder",
     "SSEParser",
     "StreamWatcher",
+    "SyncClient",
+    "SyncWatcher",
     "Transport",
     "TransportError",
     "WebSocketDecoder",
     "Watcher",
     "parse_event",
     "status_from_response",
+    "websocket_closed_error",
 ]

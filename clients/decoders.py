@@ -50,6 +50,7 @@ __all__ = [
     "SSEParser",
     "WebSocketDecoder",
     "parse_event",
+    "websocket_closed_error",
 ]
 
 MAX_EVENT_SIZE = 16 * 1024 * 1024
@@ -438,6 +439,26 @@ class SSEDecoder(_HTTPDecoder):
         return self._sse.retry
 
 
+def websocket_closed_error(exc: ConnectionClosed, frames: int) -> DecodeError:
+    """
+    Return the error of a WebSocket watch that closed uncleanly after ``frames``.
+
+    Shared by the async and the sync clients, whose connections raise the same
+    ``ConnectionClosed``.
+    """
+    sent, rcvd = exc.sent, exc.rcvd
+    if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
+        return DecodeError(
+            f"frame {frames + 1} is above the maximum event size: {sent}"
+        )
+    if rcvd is None:
+        return DecodeError(
+            "truncated stream: the websocket connection closed without "
+            f"a close frame after frame {frames}"
+        )
+    return DecodeError(f"websocket closed with an error: {exc}")
+
+
 class WebSocketDecoder:
     """
     Decode a WebSocket watch: one JSON event per text frame.
@@ -486,17 +507,7 @@ class WebSocketDecoder:
         return parse_event(message, where)
 
     def _broken(self, exc: ConnectionClosed) -> DecodeError:
-        sent, rcvd = exc.sent, exc.rcvd
-        if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:
-            return DecodeError(
-                f"frame {self._frame + 1} is above the maximum event size: {sent}"
-            )
-        if rcvd is None:
-            return DecodeError(
-                "truncated stream: the websocket connection closed without "
-                f"a close frame after frame {self._frame}"
-            )
-        return DecodeError(f"websocket closed with an error: {exc}")
+        return websocket_closed_error(exc, self._frame)
 
     async def close(self) -> None:
         """Close the connection with code 1000; a pending :meth:`decode` ends."""

@@ -409,10 +409,10 @@ async def test_client_leaves_a_given_session_open(fake: tuple[FakeHub, URL]) -> 
 
 def test_clients_exports_are_complete() -> None:
     """Every public name of the clients' modules is exported from the package."""
-    from clients import client, decoders, errors
+    from clients import backoff, client, decoders, errors, informer, sync
 
     exported = set(clients.__all__)
-    for module in (client, decoders, errors):
+    for module in (backoff, client, decoders, errors, informer, sync):
         assert set(module.__all__) <= exported
     for name in clients.__all__:
         assert getattr(clients, name) is not None
