@@ -209,6 +209,37 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/readyz": {
+                "get": {
+                    "summary": "readiness: the store answers and the log is caught up",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "ready",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "503": _json(_ref("Status"), "not ready"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (see docs/operations.md)",
+                    "responses": {
+                        **_responses("200", {"type": "string"}),
+                        "200": {
+                            "description": "the text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                    },
+                }
+            },
+            "/hubinfo": {
+                "get": {
+                    "summary": "the hub's resourceVersion, watchers and collections",
+                    "responses": _responses("200", {"type": "object"}),
+                }
+            },
             "/api/v1/{collection}": {
                 "parameters": [_PATH_COLLECTION],
                 "get": {
