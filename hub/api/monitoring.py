@@ -31,7 +31,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .. import logs
-from ..core.errors import BadRequest, NotFound, StoreUnavailable
+from ..core.errors import BadRequest, StoreUnavailable
 from ..core.events import Change
 from ..hub import Hub
 from ..watch.stream import Item, WatchStream
@@ -305,12 +305,7 @@ async def _readyz(request: web.Request) -> web.Response:
     hub = request.app[METRICS_KEY].hub
     if not hub.started:
         raise StoreUnavailable("the event log is not loaded from the store yet")
-    try:
-        # A read of an object that cannot exist: a round trip to the store
-        # that changes nothing.
-        await hub.store.get("", "")
-    except NotFound:
-        pass
+    await hub.store.ping()
     if hub.resource_version < hub.store.resource_version:
         raise StoreUnavailable(
             f"the event log is at resourceVersion {hub.resource_version}, behind "

@@ -3,12 +3,13 @@
 - ``GET /``: the page (``hub/web/static/index.html``), plain HTML, CSS and
   JavaScript with no build step. It lists a collection over REST, then
   watches it over WebSocket from the list's resourceVersion.
-- ``GET /static/{file}``: the page's script and style.
+- ``GET /static/{file}``: the page's script and style (those files only).
 - ``GET /hubinfo``: a JSON summary of the hub, which the page polls.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from aiohttp import web
@@ -33,7 +34,7 @@ def setup(app: web.Application, hub: Hub) -> None:
     app[_HUB] = hub
     app.router.add_get("/", _index)
     app.router.add_get("/hubinfo", _hub_info)
-    app.router.add_static("/static", STATIC, append_version=False)
+    app.router.add_get("/static/{file}", _static)
 
 
 def hub_info(hub: Hub) -> dict[str, object]:
@@ -56,6 +57,19 @@ def hub_info(hub: Hub) -> dict[str, object]:
 
 async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers=_NO_CACHE)
+
+
+async def _static(request: web.Request) -> web.FileResponse:
+    # Only the page's own files, by name: nothing else on disk is reachable.
+    name = request.match_info["file"]
+    if name not in _files():
+        raise web.HTTPNotFound()
+    return web.FileResponse(STATIC / name, headers=_NO_CACHE)
+
+
+@functools.cache
+def _files() -> frozenset[str]:
+    return frozenset(path.name for path in STATIC.iterdir() if path.is_file())
 
 
 async def _hub_info(request: web.Request) -> web.Response:

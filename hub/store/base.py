@@ -181,6 +181,22 @@ class Store(abc.ABC):
 
         return await self._commit(collection, name, build)
 
+    async def ping(self) -> None:
+        """
+        Check that the backend answers, for readiness probes.
+
+        The default reads an object that cannot exist: a round trip for
+        backends that read from their storage. Backends that read from memory
+        override it with a check of their connection.
+
+        Raises:
+            StoreUnavailable: the backend cannot be reached.
+        """
+        try:
+            await self.get("", "")
+        except NotFound:
+            pass
+
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener`` with every change committed from now on."""
         self._listeners.append(listener)

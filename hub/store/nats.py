@@ -279,6 +279,16 @@ class NATSStore(Store):
             "nats store closed", extra={"bucket": self.bucket, "rv": self._applied}
         )
 
+    async def ping(self) -> None:
+        """
+        Check that the NATS connection is up; reads are served from memory.
+
+        Raises:
+            StoreUnavailable: the store is closed, or NATS is not connected.
+        """
+        if not self._client().is_connected:
+            raise StoreUnavailable(f"nats store {self.location} is not connected")
+
     async def get(self, collection: str, name: str) -> dict[str, Any]:
         change = self._objects.get(collection, {}).get(name)
         if change is None:
