@@ -26,8 +26,7 @@ from ..core.errors import (
 from ..core.events import Change
 from ..hub import Collection, Hub
 from ..transports import chunked, sse, websocket
-from . import monitoring, page
-from . import security
+from . import monitoring, page, security
 from .params import WatchParams, is_watch
 
 __all__ = ["HUB_KEY", "ServerConfig", "create_app", "status_response"]
