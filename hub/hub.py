@@ -117,6 +117,7 @@ class Hub:
             snapshot.horizons,
         )
         self.store.subscribe(self.log.append)
+        self.store.subscribe_expired(self.log.expire)
         self._started = True
 
     async def close(self) -> None:
@@ -124,6 +125,7 @@ class Hub:
         self.stop_watches()
         if self._started:
             self.store.unsubscribe(self.log.append)
+            self.store.unsubscribe_expired(self.log.expire)
             self._started = False
         await self.store.close()
 

@@ -398,6 +398,106 @@ async def test_nats_restart_loses_no_acknowledged_write(
         w.close()
 
 
+class Proxy:
+    """A TCP relay to a NATS server, which a test cuts off and restores."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self._links: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Listen (again, on the same port once it has one) and relay."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        upstream_reader, upstream = await asyncio.open_connection(
+            "127.0.0.1", self.target
+        )
+        self._links += [writer, upstream]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                _drop(dst)
+
+        await asyncio.gather(pipe(reader, upstream), pipe(upstream_reader, writer))
+
+    async def cut_off(self) -> None:
+        """Drop every relayed connection and refuse new ones."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in self._links:
+            _drop(writer)
+        self._links.clear()
+
+
+def _drop(writer: asyncio.StreamWriter) -> None:
+    writer.transport.abort()
+    writer.close()
+
+
+async def test_replica_cut_off_while_the_bucket_drops_history_answers_410(
+    nats_server: NATSServer, replicas: list[RunningHub], http: aiohttp.ClientSession
+) -> None:
+    """A replica that reconnects to find unread revisions dropped answers 410."""
+    proxy = Proxy(nats_server.port)
+    await proxy.start()
+    try:
+        a = await replica(replicas, nats_server.url, key_history=2)
+        b = await replica(
+            replicas,
+            f"nats://127.0.0.1:{proxy.port}",
+            key_history=2,
+            write_timeout=0.5,
+        )
+        status, made = await write(http, "POST", f"{a.url}/api/v1/busy", pod("x"))
+        status, calm = await write(http, "POST", f"{a.url}/api/v1/calm", pod("y"))
+        calm_rv = calm["metadata"]["resourceVersion"]
+        await eventually(lambda: b.hub.resource_version >= int(calm_rv))
+        busy_watch = await watch(http, b.url, "busy", rv=calm_rv)
+        calm_watch = await watch(http, b.url, "calm", rv=calm_rv)
+
+        await proxy.cut_off()
+        status, refused = await write(http, "POST", f"{b.url}/api/v1/calm", pod("z"))
+        assert status == 503, refused
+        for n in range(1, 5):
+            status, made = await write(
+                http, "PUT", f"{a.url}/api/v1/busy/x", dict(made, spec={"n": n})
+            )
+            assert status == 200, made
+        await proxy.start()
+
+        last = int(made["metadata"]["resourceVersion"])
+        await eventually(lambda: b.hub.resource_version >= last)
+        await eventually(lambda: bool(busy_watch.events))
+        assert busy_watch.events[0]["type"] == "ERROR"
+        assert busy_watch.events[0]["object"]["code"] == 410
+        status, got = await write(http, "GET", f"{b.url}/api/v1/busy/x")
+        assert got["metadata"]["resourceVersion"] == str(last)
+
+        # The other collection's watcher goes on.
+        status, _ = await write(http, "POST", f"{b.url}/api/v1/calm", pod("w"))
+        assert status == 201
+        await eventually(lambda: bool(calm_watch.seen))
+        assert calm_watch.seen[0][:2] == ("ADDED", "w")
+        assert not calm_watch.task.done()
+        busy_watch.close()
+        calm_watch.close()
+    finally:
+        await proxy.cut_off()
+
+
 async def wait_for_meta_leader(servers: list[str]) -> None:
     """Wait until the cluster's JetStream answers: it has elected a meta leader."""
     nc = await nats.connect(servers=servers)

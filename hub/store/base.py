@@ -18,7 +18,7 @@ from ..core.errors import AlreadyExists, Conflict, NotFound
 from ..core.events import Change, EventType
 from ..core.resource import prepare_create, prepare_update
 
-__all__ = ["DEFAULT_HISTORY", "Listener", "Snapshot", "Store"]
+__all__ = ["DEFAULT_HISTORY", "ExpiredListener", "Listener", "Snapshot", "Store"]
 
 logger = logging.getLogger("watchhub.store")
 
@@ -27,6 +27,11 @@ logger = logging.getLogger("watchhub.store")
 DEFAULT_HISTORY = 10_000
 
 Listener = Callable[[Change], None]
+
+#: Called with a collection and a resourceVersion: that collection's changes up
+#: to it were lost before this store could hand them out (see
+#: :meth:`Store.subscribe_expired`).
+ExpiredListener = Callable[[str, int], None]
 
 
 class Snapshot:
@@ -74,6 +79,7 @@ class Store(abc.ABC):
             raise ValueError(f"history must be at least 1, not {history}")
         self.history = history
         self._listeners: list[Listener] = []
+        self._expired_listeners: list[ExpiredListener] = []
 
     # Public API
 
@@ -205,6 +211,21 @@ class Store(abc.ABC):
         """Stop calling ``listener``."""
         self._listeners.remove(listener)
 
+    def subscribe_expired(self, listener: ExpiredListener) -> None:
+        """
+        Call ``listener(collection, rv)`` when a collection's changes are lost.
+
+        A store shared by several processes (``nats``) may find, after a lost
+        connection, that changes it never handed out are gone: the watchers of
+        that collection must then be answered 410, not given a gap. The other
+        stores never call it.
+        """
+        self._expired_listeners.append(listener)
+
+    def unsubscribe_expired(self, listener: ExpiredListener) -> None:
+        """Stop calling ``listener`` on lost changes."""
+        self._expired_listeners.remove(listener)
+
     # For backends
 
     @abc.abstractmethod
@@ -222,6 +243,16 @@ class Store(abc.ABC):
         change, persist it, then :meth:`_publish` it. Nothing is persisted if
         ``build`` raises.
         """
+
+    def _expire(self, collection: str, resource_version: int) -> None:
+        for listener in self._expired_listeners:
+            try:
+                listener(collection, resource_version)
+            except Exception:
+                logger.exception(
+                    "a store listener failed",
+                    extra={"collection": collection, "rv": resource_version},
+                )
 
     def _publish(self, change: Change) -> None:
         for listener in self._listeners:

@@ -181,6 +181,7 @@ class NATSStore(Store):
         self._generation = 0
         self._restart: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._open = False
 
         # The replica's state, as of the last applied sequence.
         self._applied = 0
@@ -230,6 +231,7 @@ class NATSStore(Store):
             raise self._unavailable("cannot connect to", exc) from exc
         self._nc = nc
         self._js = nc.jetstream(timeout=2.0)
+        self._open = False
         self._connected.set()
         try:
             async with asyncio.timeout(_OPEN_TIMEOUT):
@@ -243,6 +245,7 @@ class NATSStore(Store):
             if isinstance(exc, StoreUnavailable) or not isinstance(exc, Exception):
                 raise
             raise self._unavailable("cannot open", exc) from exc
+        self._open = True
         logger.info(
             "nats store opened",
             extra={
@@ -605,8 +608,15 @@ class NATSStore(Store):
                 await old.unsubscribe()
 
         async def on_message(msg: Msg) -> None:
-            if generation == self._generation:
+            if generation != self._generation:
+                return
+            try:
                 self._apply(msg)
+            except Exception:
+                logger.exception(
+                    "cannot apply a message of the nats stream",
+                    extra={"subject": msg.subject, "rv": self._applied},
+                )
 
         self._sub = await js.subscribe(
             f"{self._prefix}>",
@@ -665,7 +675,16 @@ class NATSStore(Store):
         # history is complete only after it.
         prev = headers.get(_EXPECTED_LAST, "")
         if prev.isdecimal() and int(prev) > self._revisions.get(key, 0):
-            self._horizons[collection] = max(self._horizon(collection), int(prev))
+            lost = int(prev)
+            self._horizons[collection] = max(self._horizon(collection), lost)
+            if self._open:
+                # Found while serving (after a lost connection): the watchers
+                # of this collection missed changes, and must hear it.
+                logger.warning(
+                    "nats bucket dropped changes this replica had not read",
+                    extra={"collection": collection, "object_name": name, "rv": lost},
+                )
+            self._expire(collection, lost)
         self._revisions[key] = seq
         self._applied = seq
 
@@ -740,7 +759,7 @@ class NATSStore(Store):
             logger.warning("nats feed dropped a message", extra={"rv": self._applied})
             self._refollow()
             return
-        logger.debug("nats client error", extra={"error": repr(exc)})
+        logger.debug("nats client error: %r", exc, extra={"error": repr(exc)})
 
     async def _on_disconnected(self) -> None:
         if self._nc is not None:

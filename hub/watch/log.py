@@ -183,6 +183,22 @@ class CollectionLog:
         if single is not None:
             single[0].notify()
 
+    def expire(self, resource_version: int) -> None:
+        """
+        Forget the kept history: changes up to ``resource_version`` were lost.
+
+        Every cursor on this log is then answered 410 Expired, those at its end
+        too (they had not seen the lost changes either); watches that start
+        later may resume from ``resource_version`` on. The state is kept.
+        """
+        self.horizon = max(self.horizon, resource_version)
+        # One position past the end, so that no existing cursor is at or after it.
+        self._base += len(self._changes) + 1
+        self._changes = []
+        self._wakeup.notify()
+        for waker, _ in self._single.values():
+            waker.notify()
+
     def load(self, objects: Iterable[Change], history: Iterable[Change]) -> None:
         """Fill a new log with the current state and the kept history."""
         for change in objects:
@@ -230,6 +246,10 @@ class EventLog:
         self.resource_version = change.resource_version
         self._progress.set()
         self._progress.clear()
+
+    def expire(self, collection: str, resource_version: int) -> None:
+        """Tell one collection's watchers that its changes up to a version were lost."""
+        self.collection(collection).expire(resource_version)
 
     def load(
         self,
