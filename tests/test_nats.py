@@ -63,7 +63,9 @@ class NATSServer:
             args += [f"nats://127.0.0.1:{self.cluster_port}"]
             args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
         with self.log.open("ab") as output:
-            self.process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                args, stdout=output, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:
@@ -185,7 +187,7 @@ async def test_replicas_give_every_watcher_every_event_once_in_one_order(
     hub_processes: list[HubProcess],
     http: aiohttp.ClientSession,
 ) -> None:
-    """Writes spread over three replicas reach each replica's watchers once, in order."""
+    """Writes spread over three replicas reach every watcher once, in order."""
     a = await replica(replicas, nats_server.url)
     b = await replica(replicas, nats_server.url)
     process = spawn_hub(
@@ -270,14 +272,14 @@ async def test_racing_writes_on_two_replicas_give_one_winner(
         write(http, "PUT", f"{b.url}/api/v1/pods/web", bodies[1]),
     )
     assert sorted(status for status, _ in results) == [200, 409]
-    assert next(body for status, body in results if status == 409)["reason"] == "Conflict"
+    loser = next(body for status, body in results if status == 409)
+    assert loser["reason"] == "Conflict"
 
     # A replica that has not seen the newest revision still writes the truth.
     status, current = await write(http, "GET", f"{a.url}/api/v1/pods/web")
+    rv = current["metadata"]["resourceVersion"]
     status, deleted = await write(
-        http,
-        "DELETE",
-        f"{b.url}/api/v1/pods/web?resourceVersion={current['metadata']['resourceVersion']}",
+        http, "DELETE", f"{b.url}/api/v1/pods/web?resourceVersion={rv}"
     )
     assert status == 200, deleted
     status, again = await write(http, "POST", f"{a.url}/api/v1/pods", pod("web"))
@@ -450,7 +452,7 @@ def _drop(writer: asyncio.StreamWriter) -> None:
 async def test_replica_cut_off_while_the_bucket_drops_history_answers_410(
     nats_server: NATSServer, replicas: list[RunningHub], http: aiohttp.ClientSession
 ) -> None:
-    """A replica that reconnects to find unread revisions dropped answers 410."""
+    """A replica that reconnects to find unread revisions gone answers 410."""
     proxy = Proxy(nats_server.port)
     await proxy.start()
     try:
