@@ -334,7 +334,7 @@ async def test_informer_cache_reads_by_label_selector(hub: RunningHub) -> None:
             assert [o["metadata"]["name"] for o in others] == ["b"]
             assert informer.names() == ["a", "b", "c"] and len(informer) == 3
             assert "b" in informer and informer.get("z") is None
-            assert informer.get("b")["metadata"]["labels"] == {"app": "db"}  # type: ignore[index]
+            assert (informer.get("b") or {})["metadata"]["labels"] == {"app": "db"}
             await client.delete("things", "b")
             await eventually(lambda: "b" not in informer)
 

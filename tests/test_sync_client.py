@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clients import ApiError, DecodeError, EventType, TransportError
+from clients import ApiError, DecodeError, EventType, Transport, TransportError
 from clients.sync import SyncClient, SyncWatcher
 from hub.core.errors import (
     AlreadyExists,
@@ -21,7 +21,7 @@ from hub.core.errors import (
 
 from .conftest import TIMEOUT, HubProcess, free_port, spawn_hub
 
-TRANSPORTS = ["chunked", "websocket", "sse"]
+TRANSPORTS: list[Transport] = ["chunked", "websocket", "sse"]
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +114,17 @@ def test_sync_client_unreachable_hub_raises_transport_error() -> None:
             client.get("pods", "a")
         for transport in TRANSPORTS:
             with pytest.raises(TransportError):
-                client.watch("pods", transport=transport)  # type: ignore[arg-type]
+                client.watch("pods", transport=transport)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_sync_client_watches_and_resumes(client: SyncClient, transport: str) -> None:
+def test_sync_client_watches_and_resumes(
+    client: SyncClient, transport: Transport
+) -> None:
     """A watch gives initial events then changes, and resumes after a version."""
     collection = f"watch-{transport}"
     client.create(collection, {"metadata": {"name": "a"}})
-    with client.watch(collection, resource_version="0", transport=transport) as w:  # type: ignore[arg-type]
+    with client.watch(collection, resource_version="0", transport=transport) as w:
         assert events(w, 1) == [("ADDED", "a")]
         client.create(collection, {"metadata": {"name": "b"}})
         client.patch(collection, "a", {"spec": {"n": 1}})
@@ -136,15 +138,17 @@ def test_sync_client_watches_and_resumes(client: SyncClient, transport: str) -> 
     assert w.stopped
 
     after = changes[0].resource_version
-    with client.watch(collection, resource_version=after, transport=transport) as w:  # type: ignore[arg-type]
+    with client.watch(collection, resource_version=after, transport=transport) as w:
         assert events(w, 2) == [("MODIFIED", "a"), ("DELETED", "b")]
 
-    with client.watch(collection, "a", resource_version="0", transport=transport) as w:  # type: ignore[arg-type]
+    with client.watch(collection, "a", resource_version="0", transport=transport) as w:
         assert events(w, 1) == [("ADDED", "a")]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_sync_client_watch_ends_on_timeout(client: SyncClient, transport: str) -> None:
+def test_sync_client_watch_ends_on_timeout(
+    client: SyncClient, transport: Transport
+) -> None:
     """A watch with timeout_seconds ends cleanly after a bookmark."""
     collection = f"timeout-{transport}"
     client.create(collection, {"metadata": {"name": "a"}})
@@ -153,7 +157,7 @@ def test_sync_client_watch_ends_on_timeout(client: SyncClient, transport: str) -
         resource_version="0",
         timeout_seconds=1,
         allow_bookmarks=True,
-        transport=transport,  # type: ignore[arg-type]
+        transport=transport,
     ) as watcher:
         seen = list(watcher)
     assert [e.type for e in seen] == [EventType.ADDED, EventType.BOOKMARK]
@@ -174,24 +178,24 @@ def test_sync_client_watch_of_expired_version_gets_410(client: SyncClient) -> No
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_sync_client_watch_refused_raises_api_error(
-    client: SyncClient, transport: str
+    client: SyncClient, transport: Transport
 ) -> None:
     """A watch with a bad selector is refused with a BadRequest ApiError."""
     with pytest.raises(BadRequest) as refused:
-        client.watch("pods", label_selector="a in (", transport=transport)  # type: ignore[arg-type]
+        client.watch("pods", label_selector="a in (", transport=transport)
     assert isinstance(refused.value, ApiError) and refused.value.code == 400
     with pytest.raises(ValueError):
-        client.watch("pods", transport="carrier-pigeon")  # type: ignore[arg-type]
+        client.watch("pods", transport="pigeon")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_sync_watcher_stop_wakes_a_blocked_thread(
-    client: SyncClient, transport: str
+    client: SyncClient, transport: Transport
 ) -> None:
     """stop() from another thread ends an iteration blocked waiting for an event."""
     collection = f"stop-{transport}"
     client.create(collection, {"metadata": {"name": "a"}})
-    watcher = client.watch(collection, resource_version="0", transport=transport)  # type: ignore[arg-type]
+    watcher = client.watch(collection, resource_version="0", transport=transport)
     first = threading.Event()
     seen: list[str] = []
     errors: list[BaseException] = []
