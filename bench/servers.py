@@ -1,0 +1,189 @@
+"""The servers under test, each started as its own process on its own core.
+
+- ``hub``: ``python -m clients.cli serve`` (uvloop when installed).
+- ``ceiling``: :mod:`bench.ceiling`, the least an aiohttp program can do.
+- ``etcd``: Debian's ``etcd-server``, whose HTTP JSON gateway serves ``/v3/watch``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+__all__ = [
+    "ETCD_INSTALL",
+    "Server",
+    "SetupError",
+    "free_port",
+    "raise_file_limit",
+    "start",
+]
+
+#: The command that installs etcd on Debian, printed when it is missing.
+ETCD_INSTALL = (
+    "apt-get update && apt-get -o DPkg::Lock::Timeout=600 install -y etcd-server"
+)
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SetupError(RuntimeError):
+    """A server could not be started."""
+
+
+@dataclass
+class Server:
+    """A running server: its process, where it listens, and how to end it."""
+
+    kind: str
+    port: int
+    process: subprocess.Popen[bytes]
+    scratch: Path
+    stats: psutil.Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = psutil.Process(self.process.pid)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """Return the user and system CPU time the server has used so far."""
+        times = self.stats.cpu_times()
+        return times.user + times.system
+
+    def rss(self) -> int:
+        """Return the server's resident memory, in bytes."""
+        return int(self.stats.memory_info().rss)
+
+    def stop(self) -> None:
+        """End the server and wait for it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def raise_file_limit() -> int:
+    """Raise this process's open file limit to its hard limit; return it."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port() -> int:
+    """Return a TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _prepare(core: int | None) -> Callable[[], None]:
+    def prepare() -> None:
+        raise_file_limit()
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+
+    return prepare
+
+
+def start(
+    kind: str,
+    scratch: Path,
+    *,
+    core: int | None,
+    store: str = "memory",
+    history: int = 10_000,
+) -> Server:
+    """
+    Start a server of ``kind`` (hub, ceiling, etcd) pinned to ``core``.
+
+    Raises:
+        SetupError: it is not installed, or did not answer in time.
+    """
+    port = free_port()
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if kind == "hub":
+        data = scratch / f"hub-{port}.db"
+        command = [
+            sys.executable, "-m", "clients.cli", "serve", "--port", str(port),
+            "--store", store, "--data", str(data), "--history", str(history),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        health = "/healthz"
+    elif kind == "ceiling":
+        command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
+        health = "/healthz"
+    elif kind == "etcd":
+        command = _etcd_command(port, scratch)
+        health = "/health"
+    else:
+        raise SetupError(f"unknown server {kind!r}")
+    with (scratch / f"{kind}-{port}.log").open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=_prepare(core),
+        )
+    server = Server(kind, port, process, scratch)
+    try:
+        _wait_healthy(server, health)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _etcd_command(port: int, scratch: Path) -> list[str]:
+    binary = shutil.which("etcd")
+    if binary is None:
+        raise SetupError(f"etcd is not installed; install it with: {ETCD_INSTALL}")
+    peer = free_port()
+    data = scratch / f"etcd-{port}"
+    shutil.rmtree(data, ignore_errors=True)
+    client_url = f"http://127.0.0.1:{port}"
+    peer_url = f"http://127.0.0.1:{peer}"
+    return [
+        binary, "--name", "bench", "--data-dir", str(data),
+        "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"bench={peer_url}", "--log-level", "error",
+        "--logger", "zap",
+    ]  # fmt: skip
+
+
+def _wait_healthy(server: Server, path: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            log = server.scratch / f"{server.kind}-{server.port}.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise SetupError(f"{server.kind} exited at start-up: {tail}")
+        try:
+            with urllib.request.urlopen(server.url + path, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise SetupError(f"{server.kind} did not answer on {server.url} in {timeout}s")
