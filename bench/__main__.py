@@ -43,11 +43,16 @@ def _rate(value: str) -> float | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
 
-    def scenario(name: str, help: str, watchers: str, rate: str) -> argparse.ArgumentParser:
+    def scenario(
+        name: str, help: str, watchers: str, rate: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
         sub.add_argument("--watchers", default=watchers, help="comma-separated counts")
         sub.add_argument("--rate", default=rate, help="writes/s, or max")
@@ -57,9 +62,15 @@ def _parser() -> argparse.ArgumentParser:
         )  # fmt: skip
         sub.add_argument("--duration", type=float, default=5.0, help="measured seconds")
         sub.add_argument("--warmup", type=float, default=1.0, help="discarded seconds")
-        sub.add_argument("--budget", type=int, default=1_000_000,
-                         help="at max rate: stop writing once this many deliveries are due")
-        sub.add_argument("--profile", type=Path, help="py-spy the hub into this directory")
+        sub.add_argument(
+            "--budget",
+            type=int,
+            default=1_000_000,
+            help="at max rate: stop writing once this many deliveries are due",
+        )
+        sub.add_argument(
+            "--profile", type=Path, help="py-spy the hub into this directory"
+        )
         return sub
 
     scenario("fanout", "watchers of one collection", "1,100,1000,5000", "100")
@@ -69,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     writes = commands.add_parser("writes", help="REST write throughput per store")
     writes.add_argument("--targets", default="hub/memory,hub/sqlite,etcd")
     writes.add_argument("--ops", default="update,create")
-    writes.add_argument("--writers", type=int, default=32, help="concurrent connections")
+    writes.add_argument(
+        "--writers", type=int, default=32, help="concurrent connections"
+    )
     writes.add_argument("--duration", type=float, default=4.0)
     suite = commands.add_parser("suite", help="every scenario, plots and the doc")
     suite.add_argument("--quick", action="store_true", help="short runs, fewer sizes")
@@ -87,7 +100,12 @@ def _target(label: str) -> tuple[str, str]:
 
 
 def _scenario_runs(args: argparse.Namespace) -> list[Run]:
-    mode = {"fanout": "fanout", "overload": "fanout", "watch-one": "one", "idle": "idle"}
+    mode = {
+        "fanout": "fanout",
+        "overload": "fanout",
+        "watch-one": "one",
+        "idle": "idle",
+    }
     runs = []
     for watchers in (int(n) for n in _csv(args.watchers)):
         for label in _csv(args.targets):
@@ -101,7 +119,9 @@ def _scenario_runs(args: argparse.Namespace) -> list[Run]:
     return runs
 
 
-def _write_runs(targets: list[str], ops: list[str], writers: int, duration: float) -> list[Run]:
+def _write_runs(
+    targets: list[str], ops: list[str], writers: int, duration: float
+) -> list[Run]:
     runs = []
     for op in ops:
         for label in targets:
@@ -120,8 +140,13 @@ def _suite_runs(quick: bool, etcd: bool) -> list[Run]:
 
     def runs(scenario: str, watchers: str, rate: str, labels: list[str]) -> list[Run]:
         args = argparse.Namespace(
-            scenario=scenario, watchers=watchers, rate=rate, targets=",".join(labels),
-            duration=duration, warmup=0.5 if quick else 1.0, budget=1_000_000,
+            scenario=scenario,
+            watchers=watchers,
+            rate=rate,
+            targets=",".join(labels),
+            duration=duration,
+            warmup=0.5 if quick else 1.0,
+            budget=1_000_000,
         )
         return _scenario_runs(args)
 
@@ -132,7 +157,9 @@ def _suite_runs(quick: bool, etcd: bool) -> list[Run]:
     plan += runs("idle", "2000" if quick else "10000", "0", peers)
     plan += _write_runs(
         ["hub/memory", "hub/sqlite"] + (["etcd"] if etcd else []),
-        ["update", "create"], 32, 2.0 if quick else 4.0,
+        ["update", "create"],
+        32,
+        2.0 if quick else 4.0,
     )
     return plan
 
@@ -141,7 +168,8 @@ def _header(results: list[dict[str, Any]]) -> str:
     etcd = next((r.get("etcd_version") for r in results if r.get("etcd_version")), None)
     env = results[0].get("environment", {}) if results else {}
     return (
-        f"Run on {env.get('date', '?')}: {env.get('cpu', '?')}, {env.get('cores', '?')} "
+        f"Run on {env.get('date', '?')}: {env.get('cpu', '?')}, "
+        f"{env.get('cores', '?')} "
         f"cores, Python {env.get('python', '?')}, load average at start "
         f"{env.get('load', '?')}" + (f", etcd {etcd}" if etcd else "") + "."
     )
@@ -157,7 +185,7 @@ def _environment() -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
@@ -177,15 +205,16 @@ def _run_all(plan: list[Run]) -> list[dict[str, Any]]:
             continue
         started = time.monotonic()
         try:
-            profile = getattr(run, "profile", None)
-            result = execute(run, scratch, profile)
+            result = execute(run, scratch, run.profile)
         except servers.SetupError as error:
             print(f"skipped {run.label}: {error}", file=sys.stderr)
             etcd_missing = etcd_missing or run.target == "etcd"
             continue
         except RuntimeError as error:
-            print(f"failed {run.scenario} {run.label} {run.watchers}: {error}",
-                  file=sys.stderr)
+            print(
+                f"failed {run.scenario} {run.label} {run.watchers}: {error}",
+                file=sys.stderr,
+            )
             continue
         result["environment"] = environment
         result["load_at_start"] = environment["load"]
@@ -240,13 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "suite":
         plan = _suite_runs(args.quick, not args.no_etcd)
     elif args.scenario == "writes":
-        plan = _write_runs(_csv(args.targets), _csv(args.ops), args.writers, args.duration)
+        plan = _write_runs(
+            _csv(args.targets), _csv(args.ops), args.writers, args.duration
+        )
     else:
         plan = _scenario_runs(args)
         if args.profile is not None:
             for index, run in enumerate(plan):
                 if run.target == "hub":
-                    run.profile = args.profile / f"{run.scenario}-{run.label.replace('/', '-')}-{run.watchers}-{index}.txt"  # type: ignore[attr-defined]
+                    name = f"{run.scenario}-{run.label.replace('/', '-')}"
+                    run.profile = args.profile / f"{name}-{run.watchers}-{index}.txt"
     results = _run_all(plan)
     if not results:
         print("no run completed", file=sys.stderr)

@@ -27,7 +27,10 @@ from aiohttp import web
 __all__ = ["create_app", "main"]
 
 _WATCHERS = web.AppKey("watchers", dict)
-_HEADERS = {"Content-Type": "application/json;stream=watch", "Cache-Control": "no-cache"}
+_HEADERS = {
+    "Content-Type": "application/json;stream=watch",
+    "Cache-Control": "no-cache",
+}
 
 
 async def _watch(request: web.Request) -> web.StreamResponse:

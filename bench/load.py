@@ -70,7 +70,9 @@ class Dialect:
             )
         return _http("GET", f"{path}?resourceVersion={rv}", extra=extra)
 
-    def write(self, collection: str, name: str, seq: int, ts: float, create: bool) -> bytes:
+    def write(
+        self, collection: str, name: str, seq: int, ts: float, create: bool
+    ) -> bytes:
         """Return the request of one write, stamped with its scheduled time."""
         body = b'{"metadata":{"name":"%s"},"spec":{"seq":%d,"ts":%r}}' % (
             name.encode(),
@@ -132,10 +134,15 @@ class EtcdDialect(Dialect):
         body = orjson.dumps({"create_request": request})
         return _http("POST", "/v3/watch", body)
 
-    def write(self, collection: str, name: str, seq: int, ts: float, create: bool) -> bytes:
+    def write(
+        self, collection: str, name: str, seq: int, ts: float, create: bool
+    ) -> bytes:
         value = b'{"seq":%d,"ts":%r}' % (seq, ts)
         body = orjson.dumps(
-            {"key": self._key(collection, name), "value": base64.b64encode(value).decode()}
+            {
+                "key": self._key(collection, name),
+                "value": base64.b64encode(value).decode(),
+            }
         )
         return _http("POST", "/v3/kv/put", body)
 
@@ -399,10 +406,14 @@ async def run_load(spec: LoadSpec, meter: _Meter) -> Measured:
     """Run one load against a started server, warm-up first."""
     loop = asyncio.get_running_loop()
     counters = Counters()
-    names = [f"obj-{i}" for i in range(spec.watchers if spec.mode == "one" else spec.objects)]
+    names = [
+        f"obj-{i}" for i in range(spec.watchers if spec.mode == "one" else spec.objects)
+    ]
     rv = 0
     if spec.mode != "writes" or not spec.create:
-        rv = await spec.dialect.setup(f"http://{spec.host}:{spec.port}", spec.collection, names)
+        rv = await spec.dialect.setup(
+            f"http://{spec.host}:{spec.port}", spec.collection, names
+        )
     rss_before = meter.rss()
 
     # Watchers, opened in batches so the listen backlog never overflows.
@@ -470,7 +481,9 @@ async def _open_watches(
 ) -> list[WatchConnection]:
     loop = asyncio.get_running_loop()
     dialect = spec.dialect
-    sampled = set(range(0, spec.watchers, max(1, spec.watchers // max(spec.samples, 1))))
+    sampled = set(
+        range(0, spec.watchers, max(1, spec.watchers // max(spec.samples, 1)))
+    )
     watches: list[WatchConnection] = []
 
     def factory(index: int) -> Callable[[], WatchConnection]:
@@ -501,7 +514,13 @@ async def _open_watches(
 
 
 def _expected(spec: LoadSpec, acked: int) -> int:
-    return acked * spec.watchers if spec.mode == "fanout" else acked if spec.mode == "one" else 0
+    return (
+        acked * spec.watchers
+        if spec.mode == "fanout"
+        else acked
+        if spec.mode == "one"
+        else 0
+    )
 
 
 async def _write(
@@ -544,8 +563,10 @@ async def _write(
 
         def next_write(conn: WriteConnection) -> None:
             if state["sent"] >= limit or _clock() >= stop_at:
-                if not conn.pending and not done.done() and all(
-                    not w.pending for w in writers
+                if (
+                    not conn.pending
+                    and not done.done()
+                    and all(not w.pending for w in writers)
                 ):
                     done.set_result(None)
                 return

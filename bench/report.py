@@ -31,7 +31,8 @@ def results_table(results: list[Result]) -> str:
     lines = [
         "| scenario | watchers | writes | target | events/s | p50 ms | p99 ms | max ms"
         " | server CPU s/100k | server RSS MB | all delivered | client core |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        " ---: |",
     ]
     for r in results:
         lat = r["latency_ms"] if r["mode"] != "writes" else r["write_latency_ms"]
@@ -41,11 +42,19 @@ def results_table(results: list[Result]) -> str:
         elif r["mode"] == "idle":
             rate, events = "-", "-"
         else:
-            rate = _rate(r) + (f" ({r['write_rate']:,.0f}/s)" if r["rate"] == "max" else "")
+            rate = _rate(r) + (
+                f" ({r['write_rate']:,.0f}/s)" if r["rate"] == "max" else ""
+            )
             events = f"{r['events_per_s']:,.0f}"
-        client = f"{r['client_cpu']:.0%}" + (" (client-bound)" if r["client_bound"] else "")
-        complete = "-" if r["mode"] in ("idle", "writes") else (
-            "yes" if r["complete"] else f"no ({r['delivered']:,}/{r['expected']:,})"
+        client = f"{r['client_cpu']:.0%}" + (
+            " (client-bound)" if r["client_bound"] else ""
+        )
+        complete = (
+            "-"
+            if r["mode"] in ("idle", "writes")
+            else (
+                "yes" if r["complete"] else f"no ({r['delivered']:,}/{r['expected']:,})"
+            )
         )
         rss = f"{r['rss_mb']:.0f}"
         if r["mode"] == "idle":
@@ -73,7 +82,11 @@ def ratio_table(results: list[Result]) -> str:
     for hub in results:
         if hub["target"] != "hub" or hub["mode"] in ("idle", "writes"):
             continue
-        keys = {"scenario": hub["scenario"], "watchers": hub["watchers"], "rate": hub["rate"]}
+        keys = {
+            "scenario": hub["scenario"],
+            "watchers": hub["watchers"],
+            "rate": hub["rate"],
+        }
         ceiling = _find(results, target="ceiling", **keys)
         etcd = _find(results, target="etcd", **keys)
         cells = []
@@ -93,9 +106,8 @@ def ratio_table(results: list[Result]) -> str:
         else:
             cells += ["-", "-"]
         lines.append(
-            f"| {hub['scenario']} | {hub['watchers']:,} | {_rate(hub)} | {hub['label']} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {hub['scenario']} | {hub['watchers']:,} | {_rate(hub)} "
+            f"| {hub['label']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
 
@@ -158,7 +170,9 @@ def check_targets(results: list[Result]) -> list[tuple[str, str, bool | None]]:
             f"{kb:.1f} KB",
             kb < 30,
         ))  # fmt: skip
-    sqlite = [r for r in results if r["scenario"] == "writes" and r["label"] == "hub/sqlite"]
+    sqlite = [
+        r for r in results if r["scenario"] == "writes" and r["label"] == "hub/sqlite"
+    ]
     if sqlite:
         best = max(r["write_rate"] for r in sqlite)
         checks.append((
@@ -190,7 +204,9 @@ def plot(results: list[Result], directory: Path) -> list[Path]:
         ("max", "highest write rate", "fanout-max.png"),
         (100.0, "100 writes/s", "fanout-100.png"),
     ):
-        rows = [r for r in results if r["scenario"] == "fanout" and r["rate"] == rate_key]
+        rows = [
+            r for r in results if r["scenario"] == "fanout" and r["rate"] == rate_key
+        ]
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))

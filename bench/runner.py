@@ -1,4 +1,4 @@
-"""One run: start a server, put a load on it, and turn what was measured into a result."""
+"""One run: start a server, load it, and turn what was measured into a result."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class Run:
     window: int = 8
     create: bool = False
     budget: int = 1_000_000
+    profile: Path | None = None
 
     @property
     def label(self) -> str:
@@ -95,7 +96,7 @@ def execute(run: Run, scratch: Path, profile: Path | None = None) -> dict[str, A
             create=run.create,
             budget=run.budget,
         )
-        with _profiling(server, profile):
+        with _profiling(server, profile or run.profile):
             measured = _run_loop(load.run_load(spec, server))
     finally:
         server.stop()
