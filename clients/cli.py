@@ -8,6 +8,7 @@
     watchhub apply -f FILE [-c COLLECTION]
     watchhub delete COLLECTION NAME
     watchhub watch COLLECTION [NAME] [--since RV] [-l SELECTOR] [-o table|json]
+                   [--no-reconnect]
 
 Every command but ``serve`` talks to the hub at ``--server`` (default
 ``$WATCHHUB_URL`` or ``http://127.0.0.1:8080``).
@@ -24,8 +25,11 @@ from typing import Any
 
 import orjson
 
+from hub.core.events import Event, EventType
+
+from .backoff import Backoff
 from .client import Client
-from .errors import ApiError, ClientError
+from .errors import ApiError, ClientError, DecodeError, TransportError
 
 __all__ = ["main"]
 
@@ -149,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("-o", "--output", choices=["table", "json"], default="table")
     watch.add_argument(
         "--transport", choices=["chunked", "websocket", "sse"], default="chunked"
+    )
+    watch.add_argument(
+        "--no-reconnect",
+        dest="reconnect",
+        action="store_false",
+        help="end when the watch ends or breaks, instead of resuming it",
     )
     watch.set_defaults(run=_watch)
     return parser
@@ -388,25 +398,91 @@ async def _delete(args: argparse.Namespace) -> int:
 
 
 async def _watch(args: argparse.Namespace) -> int:
+    # Without --no-reconnect, a watch that ends or breaks is resumed after the
+    # last resourceVersion seen (bookmarks included, which are asked for and
+    # not printed), so no change is missed or printed twice; a 410 starts
+    # again from the current state. A hub unreachable at the start is an error.
+    since: str | None = args.since
+    backoff = Backoff()
+    opened = False
     async with Client(args.server, token=args.token) as client:
-        watcher = await client.watch(
-            args.collection,
-            args.name,
-            resource_version=args.since,
-            label_selector=args.selector,
-            transport=args.transport,
-        )
-        async with watcher:
-            async for event in watcher:
-                if args.output == "json":
-                    line = orjson.dumps(event.to_dict()).decode()
-                elif event.type.value == "ERROR":
-                    line = f"ERROR     {event.object.get('message', '')}"
-                else:
-                    rv = event.resource_version
-                    line = f"{event.type.value:<9} {event.name or '-':<30} {rv}"
-                print(line, flush=True)
-    return 0
+        while True:
+            try:
+                watcher = await client.watch(
+                    args.collection,
+                    args.name,
+                    resource_version=since,
+                    label_selector=args.selector,
+                    allow_bookmarks=args.reconnect,
+                    transport=args.transport,
+                )
+            except (ApiError, TransportError) as error:
+                if not (args.reconnect and opened):
+                    raise
+                if isinstance(error, ApiError) and error.code in (410, 504):
+                    _say(f"cannot resume after resourceVersion {since}")
+                    _say(f"{error.message}: watching again from the current state")
+                    since = "0"
+                    continue
+                if isinstance(error, ApiError) and error.code < 500:
+                    raise
+                delay = backoff.next_delay()
+                _say(f"cannot reach the hub ({error}); retrying in {delay:.1f} s")
+                await asyncio.sleep(delay)
+                continue
+            if opened:
+                _say(f"reconnected after resourceVersion {since or '0'}")
+            opened = True
+            received = False
+            why = "the hub ended the watch"
+            try:
+                async with watcher:
+                    async for event in watcher:
+                        received = True
+                        backoff.reset()
+                        restart = _print_event(args, event)
+                        if restart:
+                            since = "0"
+                            break
+                        if event.resource_version:
+                            since = event.resource_version
+            except DecodeError as error:
+                if not args.reconnect:
+                    raise
+                why = f"the watch broke: {error}"
+            if not args.reconnect:
+                return 0
+            if not received:
+                delay = backoff.next_delay()
+                _say(f"{why}; reconnecting in {delay:.1f} s")
+                await asyncio.sleep(delay)
+            else:
+                _say(f"{why}; reconnecting")
+
+
+def _print_event(args: argparse.Namespace, event: Event) -> bool:
+    """Print one event; return True where the watch must start again (410)."""
+    if event.type is EventType.BOOKMARK and args.reconnect:
+        return False
+    if event.type is EventType.ERROR and args.reconnect:
+        if event.object.get("code") == 410:
+            message = event.object.get("message", "")
+            _say(f"410 Expired: {message}; watching again from the current state")
+            return True
+    if args.output == "json":
+        line = orjson.dumps(event.to_dict()).decode()
+    elif event.type is EventType.ERROR:
+        line = f"ERROR     {event.object.get('message', '')}"
+    else:
+        rv = event.resource_version
+        line = f"{event.type.value:<9} {event.name or '-':<30} {rv}"
+    print(line, flush=True)
+    return False
+
+
+def _say(message: str) -> None:
+    """Tell the person watching what the watch itself is doing, on stderr."""
+    print(f"watchhub watch: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
