@@ -527,7 +527,7 @@ def test_serve_reports_a_bad_token_file(tmp_path: Path) -> None:
 async def test_served_hub_logs_no_credentials(
     files: Path, hub_processes: list[Any]
 ) -> None:
-    """The start-up log says how callers are checked; no token reaches the log."""
+    """The CLI passes --token; the log says how callers are checked, and no token."""
     proc = spawn_hub(
         files,
         "--store",
@@ -552,6 +552,22 @@ async def test_served_hub_logs_no_credentials(
             proc.url + "/api/v1/public", headers=bearer("bob-token")
         ) as r:
             assert r.status == 403
+    command = [
+        sys.executable,
+        "-m",
+        "clients.cli",
+        "get",
+        "public",
+        "--server",
+        proc.url,
+    ]
+    allowed = subprocess.run(
+        [*command, "--token", "alice-token"], capture_output=True, text=True, timeout=30
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    assert "401 Unauthorized" in refused.stderr
     await eventually(lambda: '/api/v1/public" 403 ' in proc.output())
     log = proc.output()
     assert "authentication: 3 bearer tokens; anonymous requests refused" in log
