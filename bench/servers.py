@@ -126,6 +126,9 @@ def start(
             sys.executable, "-m", "clients.cli", "serve", "--port", str(port),
             "--store", store, "--data", str(data), "--history", str(history),
             "--log-level", "warning",
+            # One benchmark client opens thousands of watches and writes at full
+            # speed: the per-client limits (docs/security.md) would cut it off.
+            "--write-rate", "0", "--max-watchers-per-client", "100000",
         ]  # fmt: skip
         health = "/healthz"
     elif kind == "ceiling":
