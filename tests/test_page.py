@@ -227,6 +227,9 @@ async def test_page_survives_hub_restart(open_page: Opener) -> None:
         "data-state", "reconnecting", timeout=TIMEOUT * 1000
     )
     await expect(page.locator("#status")).to_contain_text("reconnecting")
+    await expect(page.locator("#offline")).to_be_visible()
+    await expect(page.locator("#inspector")).to_be_hidden()
+    await screenshot(page, "page-reconnecting")
 
     second = await start_hub(Hub(store), port=port)
     try:
@@ -235,6 +238,7 @@ async def test_page_survives_hub_restart(open_page: Opener) -> None:
         )
         await rest("POST", f"{second.url}/api/v1/pods", obj("after"))
         await expect(row(page, "after")).to_have_count(1)
+        await expect(page.locator("#offline")).to_be_hidden()
         await expect(row(page, "before")).to_have_count(1)
         # Resumed, not relisted: the log has no second "listed" note.
         await expect(page.locator("#log li.note", has_text="listed")).to_have_count(1)

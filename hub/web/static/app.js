@@ -37,6 +37,10 @@ const state = {
 function setStatus(kind, text) {
   $("status").dataset.state = kind;
   $("status-text").textContent = text;
+  // While reconnecting, the table is the last state seen: say so, and dim it.
+  document.body.dataset.connection = kind;
+  $("offline").hidden = kind !== "reconnecting";
+  $("offline-rv").textContent = state.rv || "–";
 }
 
 function showBanner(text) {
@@ -113,6 +117,7 @@ function watch(generation) {
   state.socket = socket;
   socket.onopen = () => {
     if (generation !== state.generation) return;
+    socket.opened = true;
     setStatus("live", "live");
     refreshHubInfo();
   };
@@ -133,7 +138,10 @@ function watch(generation) {
     state.socket = null;
     // 1000: the watch ended normally (its timeout); come back at once.
     const delay = close.code === 1000 && !socket.failed ? 0 : undefined;
-    logNote(`connection closed (${close.code}${close.reason ? " " + close.reason : ""})`);
+    // Failed attempts while the hub is away show in the status, not the log.
+    if (socket.opened) {
+      logNote(`connection closed (${close.code}${close.reason ? " " + close.reason : ""})`);
+    }
     scheduleRetry(generation, () => watch(generation), delay);
   };
 }
