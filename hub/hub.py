@@ -88,7 +88,9 @@ class Hub:
     async context manager.
     """
 
-    def __init__(self, store: Store | None = None, config: HubConfig | None = None) -> None:
+    def __init__(
+        self, store: Store | None = None, config: HubConfig | None = None
+    ) -> None:
         self.config = config or HubConfig()
         self.store = store or MemoryStore(history=self.config.history)
         self.log = EventLog(self.config.history)
@@ -244,7 +246,9 @@ class Hub:
             lambda: self.log.resource_version,
             error=error,
             timeout=timeout,
-            bookmark_interval=self.config.bookmark_interval if allow_bookmarks else None,
+            bookmark_interval=self.config.bookmark_interval
+            if allow_bookmarks
+            else None,
             initial_end=initial_end,
         )
         self._streams.add(stream)
@@ -304,8 +308,8 @@ class Collection:
         Raises:
             NotFound: there is no such object.
         """
-        log = self.hub.log.collection(self.name)
-        change = log.state.get(name)
+        log = self.hub.log.find(self.name)
+        change = log.state.get(name) if log is not None else None
         if change is None:
             raise NotFound(f'{self.name} "{name}" not found', name=name, kind=self.name)
         return change
@@ -323,10 +327,11 @@ class Collection:
         """
         labels = _label_selector(label_selector)
         fields = _field_selector(field_selector)
-        log = self.hub.log.collection(self.name)
+        log = self.hub.log.find(self.name)
+        # Reading a collection nobody wrote to makes no log for it.
         changes = [
             change
-            for change in log.state.values()
+            for change in (log.state.values() if log is not None else ())
             if fields.matches(change.name) and labels.matches(change.labels)
         ]
         return changes, self.hub.log.resource_version
@@ -390,7 +395,9 @@ class Collection:
     async def patch_change(self, name: str, patch: Any) -> Change:
         """Apply a JSON merge patch (RFC 7386) and return the change."""
         if not isinstance(patch, dict):
-            raise Invalid("a merge patch must be a JSON object", name=name, kind=self.name)
+            raise Invalid(
+                "a merge patch must be a JSON object", name=name, kind=self.name
+            )
         pinned = isinstance(patch.get("metadata"), dict) and (
             "resourceVersion" in patch["metadata"]
         )
@@ -398,7 +405,9 @@ class Collection:
             current = self.get_change(name).object
             body = merge_patch(current, patch)
             if not pinned and isinstance(body.get("metadata"), dict):
-                body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+                body["metadata"]["resourceVersion"] = current["metadata"][
+                    "resourceVersion"
+                ]
             try:
                 return await self.replace_change(name, body)
             except Conflict:
@@ -410,7 +419,9 @@ class Collection:
             kind=self.name,
         )
 
-    async def delete_change(self, name: str, resource_version: str | None = None) -> Change:
+    async def delete_change(
+        self, name: str, resource_version: str | None = None
+    ) -> Change:
         """Delete an object and return the change, with its last state."""
         precondition = None
         if resource_version:
@@ -436,7 +447,9 @@ class Collection:
         """Merge-patch an object and return it as stored."""
         return _copy(await self.patch_change(name, patch))
 
-    async def delete(self, name: str, resource_version: str | None = None) -> dict[str, Any]:
+    async def delete(
+        self, name: str, resource_version: str | None = None
+    ) -> dict[str, Any]:
         """Delete an object and return its last state."""
         return _copy(await self.delete_change(name, resource_version))
 
@@ -452,7 +465,7 @@ class Collection:
         send_initial_events: bool | None = None,
         timeout: float | None = None,
     ) -> StreamWatcher:
-        """Watch the collection's selected objects; see PROTOCOL.md for where it starts."""
+        """Watch the collection's selected objects, from where PROTOCOL.md says."""
         stream = await self.hub.open_stream(
             self.name,
             resource_version=resource_version,
@@ -462,7 +475,9 @@ class Collection:
             send_initial_events=send_initial_events,
             timeout=timeout,
         )
-        return StreamWatcher(StreamDecoder(stream, lambda: self.hub.close_stream(stream)))
+        return StreamWatcher(
+            StreamDecoder(stream, lambda: self.hub.close_stream(stream))
+        )
 
     async def watch_single(
         self,

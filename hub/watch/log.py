@@ -236,6 +236,10 @@ class EventLog:
             self._collections[name] = log
         return log
 
+    def find(self, name: str) -> CollectionLog | None:
+        """Return the log of one collection, or ``None`` if none was written to."""
+        return self._collections.get(name)
+
     def collections(self) -> list[str]:
         """Return the names of the collections that have a log."""
         return sorted(self._collections)
