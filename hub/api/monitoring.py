@@ -316,6 +316,10 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _cleanup(app: web.Application) -> None:
     metrics = app[METRICS_KEY]
-    metrics.hub.on_batch = None
-    metrics.hub.on_stream_end = None
-    metrics.hub.store.unsubscribe(metrics.on_change)
+    hub = metrics.hub
+    # Only this application's hooks: another may serve the same hub by now.
+    if hub.on_batch == metrics.on_batch:
+        hub.on_batch = None
+    if hub.on_stream_end == metrics.on_stream_end:
+        hub.on_stream_end = None
+    hub.store.unsubscribe(metrics.on_change)
