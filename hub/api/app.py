@@ -56,6 +56,8 @@ class ServerConfig:
         ws_max_message: The largest WebSocket message the hub reads.
         sse_keepalive: Seconds of silence after which an SSE stream gets a comment.
         allowed_origins: Origins, besides the hub's own, that may open WebSockets.
+        write_timeout: Seconds one write to a watcher may take; a watcher whose
+            connection takes nothing for that long is ended as too slow.
         token_file: Bearer tokens, ``token,user,uid,"group1,group2"`` per line.
         jwt_key_file: A JWT key: an HS256 secret, or an RS256 PEM public key.
         jwt_audience: The audience a JWT must name.
@@ -81,6 +83,7 @@ class ServerConfig:
     ws_max_message: int = 1 * MiB
     sse_keepalive: float = 15.0
     allowed_origins: list[str] = field(default_factory=list)
+    write_timeout: float = 10.0
     token_file: str | None = None
     jwt_key_file: str | None = None
     jwt_audience: str = "watchhub"
@@ -335,10 +338,16 @@ async def _watch(request: web.Request, name: str | None) -> web.StreamResponse:
                 heartbeat=config.ws_heartbeat,
                 max_msg_size=config.ws_max_message,
                 sockets=request.app[_SOCKETS],
+                write_timeout=config.write_timeout,
             )
         if event_stream:
-            return await sse.serve(request, stream, keepalive=config.sse_keepalive)
-        return await chunked.serve(request, stream)
+            return await sse.serve(
+                request,
+                stream,
+                write_timeout=config.write_timeout,
+                keepalive=config.sse_keepalive,
+            )
+        return await chunked.serve(request, stream, write_timeout=config.write_timeout)
     except ConnectionError:
         # The client went away mid-stream; nothing is left to answer.
         logger.debug("watch client went away", extra={"watch_id": stream.id})
