@@ -397,16 +397,24 @@ async def _delete(args: argparse.Namespace) -> int:
 # watch
 
 
+# The annotation of the bookmark that ends a watch's initial events, as in
+# Kubernetes (PROTOCOL.md, sendInitialEvents).
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
 async def _watch(args: argparse.Namespace) -> int:
     # Without --no-reconnect, a watch that ends or breaks is resumed after the
     # last resourceVersion seen (bookmarks included, which are asked for and
-    # not printed), so no change is missed or printed twice; a 410 starts
-    # again from the current state. A hub unreachable at the start is an error.
-    since: str | None = args.since
+    # not printed), so no change is missed or printed twice. A watch of the
+    # current state asks for the bookmark that ends its initial events, whose
+    # version is where that state stands: a break before it starts over. A 410
+    # starts over too. A hub unreachable at the start is an error.
+    since: str | None = args.since or None
     backoff = Backoff()
     opened = False
     async with Client(args.server, token=args.token) as client:
         while True:
+            fresh = since in (None, "0")
             try:
                 watcher = await client.watch(
                     args.collection,
@@ -414,50 +422,73 @@ async def _watch(args: argparse.Namespace) -> int:
                     resource_version=since,
                     label_selector=args.selector,
                     allow_bookmarks=args.reconnect,
+                    send_initial_events=True if fresh and args.reconnect else None,
                     transport=args.transport,
                 )
             except (ApiError, TransportError) as error:
                 if not (args.reconnect and opened):
                     raise
-                if isinstance(error, ApiError) and error.code in (410, 504):
-                    _say(f"cannot resume after resourceVersion {since}")
-                    _say(f"{error.message}: watching again from the current state")
-                    since = "0"
-                    continue
-                if isinstance(error, ApiError) and error.code < 500:
-                    raise
-                delay = backoff.next_delay()
-                _say(f"cannot reach the hub ({error}); retrying in {delay:.1f} s")
-                await asyncio.sleep(delay)
+                since = await _before_retry(error, since, backoff)
                 continue
             if opened:
-                _say(f"reconnected after resourceVersion {since or '0'}")
+                where = "the current state" if fresh else f"resourceVersion {since}"
+                _say(f"reconnected, watching from {where}")
             opened = True
-            received = False
-            why = "the hub ended the watch"
-            try:
-                async with watcher:
-                    async for event in watcher:
-                        received = True
-                        backoff.reset()
-                        restart = _print_event(args, event)
-                        if restart:
-                            since = "0"
-                            break
-                        if event.resource_version:
-                            since = event.resource_version
-            except DecodeError as error:
-                if not args.reconnect:
-                    raise
-                why = f"the watch broke: {error}"
+            since, received, why = await _follow(args, watcher, since, backoff)
             if not args.reconnect:
                 return 0
-            if not received:
+            if received:
+                _say(f"{why}; reconnecting")
+            else:
                 delay = backoff.next_delay()
                 _say(f"{why}; reconnecting in {delay:.1f} s")
                 await asyncio.sleep(delay)
-            else:
-                _say(f"{why}; reconnecting")
+
+
+async def _before_retry(
+    error: ApiError | TransportError, since: str | None, backoff: Backoff
+) -> str | None:
+    """Say why a watch could not open again; return where to watch from next."""
+    if isinstance(error, ApiError) and error.code in (410, 504):
+        # 504: a hub that lost its history has not reached that version.
+        _say(f"cannot resume after resourceVersion {since}: {error.message}")
+        _say("watching again from the current state")
+        return "0"
+    if isinstance(error, ApiError) and error.code < 500 and error.code != 429:
+        raise error
+    delay = backoff.next_delay()
+    _say(f"cannot reach the hub ({error}); retrying in {delay:.1f} s")
+    await asyncio.sleep(delay)
+    return since
+
+
+async def _follow(
+    args: argparse.Namespace, watcher: Any, since: str | None, backoff: Backoff
+) -> tuple[str | None, bool, str]:
+    """Print a watch's events; return where it got to, if any came, and why it ended."""
+    fresh = since in (None, "0") and args.reconnect
+    received = False
+    try:
+        async with watcher:
+            async for event in watcher:
+                received = True
+                backoff.reset()
+                if _print_event(args, event):
+                    return "0", received, "the hub no longer holds that history"
+                if fresh:
+                    annotations = event.object.get("metadata", {}).get("annotations")
+                    if event.type is EventType.BOOKMARK and isinstance(
+                        annotations, dict
+                    ):
+                        if annotations.get(INITIAL_EVENTS_END) == "true":
+                            since, fresh = event.resource_version, False
+                elif event.resource_version:
+                    since = event.resource_version
+    except DecodeError as error:
+        if not args.reconnect:
+            raise
+        return since, received, f"the watch broke: {error}"
+    return since, received, "the hub ended the watch"
 
 
 def _print_event(args: argparse.Namespace, event: Event) -> bool:

@@ -482,7 +482,9 @@ class SyncClient:
 class _HTTPSource:
     """The events of a chunked or SSE watch body, read as they arrive."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, parser: Any) -> None:
+    def __init__(
+        self, response: urllib3.BaseHTTPResponse, parser: NDJSONParser | SSEParser
+    ) -> None:
         self._response = response
         self._parser = parser
         self._eof = False

@@ -86,7 +86,9 @@ async def test_watch_resumes_across_a_hub_restart(
             await client.create("pods", {"metadata": {"name": "d"}})
             await client.patch("pods", "a", {"spec": {"n": 1}})
         assert await lines(watch, 2) == [["ADDED", "c", "3"], ["MODIFIED", "a", "5"]]
-        said += await stderr_until(watch, "reconnected after resourceVersion 1")
+        said += await stderr_until(
+            watch, "reconnected, watching from resourceVersion 2"
+        )
     assert "the hub ended the watch" in said
 
 
