@@ -426,3 +426,40 @@ async def test_informer_refuses_misuse(hub: RunningHub) -> None:
         await informer.stop()  # idempotent
         with pytest.raises(ValueError):
             Informer(client, "things", resync_period=0)
+
+
+async def test_informer_lists_again_when_a_new_hub_has_not_reached_its_version() -> (
+    None
+):
+    """A hub restarted without its history answers 504; the cache follows it."""
+    config = HubConfig(future_version_wait=0.1)
+    first = await start_hub(Hub(MemoryStore(), config))
+    port = int(first.url.rsplit(":", 1)[1])
+    async with Client(first.url) as client:
+        informer = Informer(client, "things", backoff=fast_backoff())
+        mirror = Mirror(informer)
+        async with informer:
+            for name in ("a", "b", "c", "d"):
+                await client.create("things", {"metadata": {"name": name}})
+            await eventually(lambda: informer.names() == ["a", "b", "c", "d"])
+
+            # A memory hub starts again from nothing, on the same port.
+            await first.runner.cleanup()
+            second = await start_hub(Hub(MemoryStore(), config), port=port)
+            try:
+                await client.create("things", {"metadata": {"name": "z"}})
+                await eventually(lambda: matches_list(informer, client))
+                stats = informer.statistics()
+            finally:
+                await second.runner.cleanup()
+    assert stats.relists >= 1
+    assert informer.names() == ["z"] and mirror.problems == []
+    assert sorted(mirror.log[-5:]) == sorted(
+        [
+            ("delete", "a"),
+            ("delete", "b"),
+            ("delete", "c"),
+            ("delete", "d"),
+            ("add", "z"),
+        ]
+    )
