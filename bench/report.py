@@ -36,7 +36,9 @@ def results_table(results: list[Result]) -> str:
     ]
     for r in results:
         lat = r["latency_ms"] if r["mode"] != "writes" else r["write_latency_ms"]
+        scenario = r["scenario"]
         if r["mode"] == "writes":
+            scenario = f"writes ({r.get('op', 'update')})"
             rate = f"{r['write_rate']:,.0f}/s acked"
             events = "-"
         elif r["mode"] == "idle":
@@ -60,7 +62,7 @@ def results_table(results: list[Result]) -> str:
         if r["mode"] == "idle":
             rss += f" ({r['rss_per_watcher_kb']:.1f} KB/watch)"
         lines.append(
-            f"| {r['scenario']} | {r['watchers']:,} | {rate} | {r['label']} | {events}"
+            f"| {scenario} | {r['watchers']:,} | {rate} | {r['label']} | {events}"
             f" | {lat['p50']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f}"
             f" | {r['cpu_per_100k']:.2f} | {rss} | {complete} | {client} |"
         )

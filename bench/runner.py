@@ -165,6 +165,7 @@ def _result(run: Run, m: load.Measured) -> dict[str, Any]:
         "transport": run.transport,
         "store": run.store,
         "mode": run.mode,
+        "op": "create" if run.create else "update",
         "watchers": run.watchers,
         "rate": run.rate if run.rate is not None else "max",
         "writes": m.writes,

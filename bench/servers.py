@@ -129,6 +129,7 @@ def start(
             # One benchmark client opens thousands of watches and writes at full
             # speed: the per-client limits (docs/security.md) would cut it off.
             "--write-rate", "0", "--max-watchers-per-client", "100000",
+            "--max-watchers", "100000",
         ]  # fmt: skip
         health = "/healthz"
     elif kind == "ceiling":
