@@ -255,7 +255,9 @@ async def open_sse(
 async def test_sse_events_have_ids_and_types(quick: RunningHub) -> None:
     """Each SSE record has the resourceVersion as id, the type as event, JSON data."""
     pods = quick.hub.collection("pods")
-    reader, writer, head = await open_sse(quick, "/api/v1/watch/pods?resourceVersion=0")
+    reader, writer, head = await open_sse(
+        quick, "/api/v1/watch/pods?resourceVersion=0&timeoutSeconds=5"
+    )
     try:
         assert b" 200 " in head.split(b"\r\n")[0]
         assert b"content-type: text/event-stream" in head.lower()
