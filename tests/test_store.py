@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import shutil
 import signal
 import sqlite3
 import sys
@@ -25,7 +27,7 @@ from hub.core.events import Change, EventType
 from hub.store import DEFAULT_HISTORY, MemoryStore, Store
 from hub.store.sqlite import TRIM_BATCH, SQLiteStore
 
-from .conftest import TIMEOUT
+from .conftest import TIMEOUT, eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -541,20 +543,28 @@ async def test_sqlite_open_in_missing_directory_is_unavailable(tmp_path: Path) -
 
 
 async def test_sqlite_second_store_on_one_file_is_refused(tmp_path: Path) -> None:
-    """While one store has the file open, another cannot open it."""
+    """While one store has the file open, another cannot open it nor disturb it."""
     path = str(tmp_path / "hub.db")
     first = SQLiteStore(path)
     await first.open()
     try:
         await first.create("pods", body("a"))
-        with pytest.raises(StoreUnavailable):
+        with pytest.raises(StoreUnavailable) as caught:
             await SQLiteStore(path).open()
+        assert "in use by another hub" in caught.value.message
+        assert path + ".lock" in caught.value.message
+
+        assert (await first.create("pods", body("b"))).resource_version == 2
+        assert [rv_of(obj) for obj in (await first.list("pods"))[0]] == [1, 2]
     finally:
         await first.close()
 
     second = SQLiteStore(path)
     await second.open()
-    await second.close()
+    try:
+        assert second.resource_version == 2
+    finally:
+        await second.close()
 
 
 def comparable(obj: dict[str, Any]) -> dict[str, Any]:
@@ -652,21 +662,285 @@ async def test_sqlite_deletes_dropped_changes_in_batches(tmp_path: Path) -> None
     assert stored == TRIM_BATCH
 
 
-# A writer that prints each acknowledged write as "<rv> <name>", then is killed.
+# The SQLite store's group commit and checkpoints
+
+
+async def test_sqlite_concurrent_writes_commit_together_in_call_order(
+    tmp_path: Path,
+) -> None:
+    """Concurrent writes take gap-free versions in call order; refusals leave none."""
+    store = SQLiteStore(str(tmp_path / "hub.db"), history=50)
+    await store.open()
+    try:
+        await store.create("pods", body("a", replicas=1))
+        await store.create("pods", body("b"))
+        await store.create("pods", body("gone"))
+        seen: list[Change] = []
+        counters: list[int] = []
+        store.subscribe(seen.append)
+        store.subscribe(lambda change: counters.append(store.resource_version))
+
+        results = await asyncio.gather(
+            store.create("pods", body("new", replicas=1)),
+            store.create("pods", body("new", replicas=2)),
+            store.create("pods", body("a")),
+            store.update("pods", "a", body("a", replicas=2), precondition=1),
+            store.update("pods", "a", body("a", replicas=3), precondition=1),
+            store.update("pods", "a", body("a", replicas=4), precondition=5),
+            store.delete("pods", "gone"),
+            store.update("pods", "gone", body("gone")),
+            store.delete("pods", "missing"),
+            store.create("pods", body("gone", replicas=9)),
+            store.delete("pods", "b", precondition=1),
+            store.create("services", body("s")),
+            return_exceptions=True,
+        )
+
+        # Each write sees the ones called before it, refused or not.
+        got = [
+            r.resource_version if isinstance(r, Change) else type(r) for r in results
+        ]
+        assert got == [
+            *(4, AlreadyExists, AlreadyExists, 5, Conflict, 6),
+            *(7, NotFound, NotFound, 8, Conflict, 9),
+        ]
+        committed = [r for r in results if isinstance(r, Change)]
+        assert len(seen) == len(committed)
+        assert all(got is sent for got, sent in zip(seen, committed, strict=True))
+        # One transaction: every change was published after all of them committed.
+        assert counters == [9] * 6
+        assert store.resource_version == 9
+
+        assert (await store.get("pods", "new"))["spec"] == {"replicas": 1}
+        assert (await store.get("pods", "a"))["spec"] == {"replicas": 4}
+        assert rv_of(await store.get("pods", "b")) == 2
+        assert rv_of(await store.get("pods", "gone")) == 8
+        since = await store.events_since("pods", 3)
+        assert [change.resource_version for change in since] == [4, 5, 6, 7, 8]
+        before = await state(store)
+    finally:
+        await store.close()
+
+    await store.open()
+    try:
+        assert store.resource_version == 9
+        assert await state(store) == before
+    finally:
+        await store.close()
+
+
+async def write(
+    store: Store, op: str, collection: str, name: str, n: int, precondition: int | None
+) -> Change | BaseException:
+    try:
+        if op == "create":
+            return await store.create(collection, body(name, {"n": str(n % 3)}, n=n))
+        if op == "update":
+            return await store.update(
+                collection, name, body(name, n=n % 2), precondition=precondition
+            )
+        return await store.delete(collection, name, precondition=precondition)
+    except (NotFound, Conflict) as exc:
+        return exc
+
+
+async def test_sqlite_concurrent_batches_behave_as_one_by_one(tmp_path: Path) -> None:
+    """Random concurrent batches give what the memory store gives one by one."""
+    memory = MemoryStore(history=5)
+    sqlite = SQLiteStore(str(tmp_path / "hub.db"), history=5)
+    await sqlite.open()
+    sent: list[Change] = []
+    sqlite.subscribe(sent.append)
+    rng = random.Random(11)
+    try:
+        for n in range(30):
+            ops = []
+            for i in range(rng.randrange(1, 48)):
+                collection = rng.choice(["quiet", "busy", "busy", "busy", "busy"])
+                name = f"o{rng.randrange(8)}"
+                op = rng.choice(["create", "create", "update", "update", "delete"])
+                # The version before the batch: a second write that names it in
+                # the same batch conflicts with the first.
+                try:
+                    current: int | None = rv_of(await memory.get(collection, name))
+                except NotFound:
+                    current = rng.randrange(1, 5)
+                precondition = rng.choice([None, current])
+                ops.append((op, collection, name, n * 100 + i, precondition))
+
+            expected = [outcome(await write(memory, *op)) for op in ops]
+            results = await asyncio.gather(*(write(sqlite, *op) for op in ops))
+            assert [outcome(result) for result in results] == expected
+
+        assert [c.resource_version for c in sent] == list(range(1, len(sent) + 1))
+        assert sqlite.resource_version == memory.resource_version == len(sent)
+        assert (await sqlite.snapshot()).horizons["busy"] > TRIM_BATCH
+        assert await state(sqlite) == await state(memory)
+        await sqlite.close()
+        await sqlite.open()
+        assert await state(sqlite) == await state(memory)
+    finally:
+        await sqlite.close()
+
+
+async def test_sqlite_driver_error_in_a_batch_fails_only_its_write(
+    tmp_path: Path,
+) -> None:
+    """A write whose statements fail mid-batch is rolled back alone, with no version."""
+    path = str(tmp_path / "hub.db")
+    store = SQLiteStore(path)
+    await store.open()
+    await store.create("pods", body("a"))
+    await store.close()
+    # The object's row is written before the event's, which then fails.
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON events WHEN NEW.name = 'bad'"
+            " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    conn.close()
+
+    await store.open()
+    try:
+        seen: list[Change] = []
+        store.subscribe(seen.append)
+        results = await asyncio.gather(
+            store.create("pods", body("b")),
+            store.create("pods", body("bad")),
+            store.update("pods", "a", body("a", replicas=2)),
+            store.create("pods", body("c")),
+            return_exceptions=True,
+        )
+
+        b, bad, a, c = results
+        assert isinstance(bad, StoreUnavailable)
+        assert "disk on fire" in bad.message
+        assert (bad.kind, bad.name) == ("pods", "bad")
+        assert isinstance(bad.__cause__, sqlite3.Error)
+        assert [x.resource_version for x in (b, a, c)] == [2, 3, 4]  # type: ignore[union-attr]
+        assert seen == [b, a, c]
+        with pytest.raises(NotFound):
+            await store.get("pods", "bad")
+        assert (await store.create("pods", body("d"))).resource_version == 5
+    finally:
+        await store.close()
+
+    await store.open()
+    try:
+        objects, at = await store.list("pods")
+        assert at == 5
+        assert [obj["metadata"]["name"] for obj in objects] == ["a", "b", "c", "d"]
+        assert [c.name for c in await store.events_since("pods", 1)] == list("bacd")
+    finally:
+        await store.close()
+
+
+async def test_sqlite_write_cancelled_before_its_commit_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """A write whose caller is cancelled while it waits for its batch never commits."""
+    store = SQLiteStore(str(tmp_path / "hub.db"))
+    await store.open()
+    try:
+        seen: list[Change] = []
+        store.subscribe(seen.append)
+        dropped = asyncio.create_task(store.create("pods", body("dropped")))
+        kept = asyncio.create_task(store.create("pods", body("kept")))
+        # Both tasks queue their write before this one resumes; the flush
+        # that commits the batch runs after it.
+        await asyncio.sleep(0)
+        dropped.cancel()
+
+        assert (await kept).resource_version == 1
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        assert [change.name for change in seen] == ["kept"]
+        with pytest.raises(NotFound):
+            await store.get("pods", "dropped")
+        assert (await store.create("pods", body("next"))).resource_version == 2
+    finally:
+        await store.close()
+
+
+async def test_sqlite_close_commits_queued_writes(tmp_path: Path) -> None:
+    """Writes queued when the store closes are committed and acknowledged."""
+    path = str(tmp_path / "hub.db")
+    store = SQLiteStore(path)
+    await store.open()
+    tasks = [asyncio.create_task(store.create("pods", body(f"p{i}"))) for i in range(3)]
+    # The writes are queued, their flush not yet run.
+    await asyncio.sleep(0)
+    await store.close()
+
+    changes = await asyncio.gather(*tasks)
+    assert [change.resource_version for change in changes] == [1, 2, 3]
+    with pytest.raises(StoreUnavailable):
+        await store.create("pods", body("late"))
+    await store.open()
+    try:
+        assert store.resource_version == 3
+        assert len((await store.list("pods"))[0]) == 3
+    finally:
+        await store.close()
+
+
+def main_file_objects(path: str, scratch: Path, collection: str) -> int | None:
+    """Count a collection's objects in the database file alone, without its log."""
+    copy = scratch / "main-only.db"
+    for leftover in (copy, Path(f"{copy}-wal"), Path(f"{copy}-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copyfile(path, copy)
+    try:
+        with contextlib.closing(sqlite3.connect(copy)) as conn:
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM objects WHERE collection = ?", (collection,)
+            ).fetchone()
+    except sqlite3.Error:
+        # Copied halfway through a checkpoint, or before the first one.
+        return None
+    return int(count)
+
+
+async def test_sqlite_log_is_checkpointed_while_open_and_on_close(
+    tmp_path: Path,
+) -> None:
+    """The log reaches the main file while the store is open, and wholly on close."""
+    path = str(tmp_path / "hub.db")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await asyncio.gather(*(store.create("pods", body(f"p{i}")) for i in range(50)))
+        await eventually(lambda: main_file_objects(path, scratch, "pods") == 50)
+        await fill(store, "services", 20)
+    finally:
+        await store.close()
+
+    assert not Path(f"{path}-wal").exists()
+    assert main_file_objects(path, scratch, "pods") == 50
+    assert main_file_objects(path, scratch, "services") == 20
+
+
+# Eight concurrent writers that print each acknowledged write as "<rv> <name>",
+# until the process is killed.
 WRITER = """
 import asyncio, sys
 from hub.store.sqlite import SQLiteStore
 
-async def main(path):
-    store = SQLiteStore(path, history=50)
-    await store.open()
+async def write(store, w):
     i = 0
     while True:
-        name = f"p{i}"
+        name = f"p{w}-{i}"
         change = await store.create("pods", {"metadata": {"name": name}, "spec": {}})
         sys.stdout.write(f"{change.resource_version} {name}\\n")
         sys.stdout.flush()
         i += 1
+
+async def main(path):
+    store = SQLiteStore(path, history=50)
+    await store.open()
+    await asyncio.gather(*(write(store, w) for w in range(8)))
 
 asyncio.run(main(sys.argv[1]))
 """
