@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..core.errors import AlreadyExists, Conflict, NotFound
+from ..core.errors import AlreadyExists, Conflict, Expired, NotFound
 from ..core.events import Change, EventType
 from ..core.resource import prepare_create, prepare_update
 
-__all__ = ["DEFAULT_HISTORY", "ExpiredListener", "Listener", "Snapshot", "Store"]
+__all__ = [
+    "DEFAULT_HISTORY",
+    "ExpiredListener",
+    "Listener",
+    "Snapshot",
+    "Store",
+    "changes_after",
+]
 
 logger = logging.getLogger("watchhub.store")
 
@@ -119,7 +126,9 @@ class Store(abc.ABC):
         """Return every object and the kept history, consistently."""
 
     @abc.abstractmethod
-    async def events_since(self, collection: str, resource_version: int) -> list[Change]:
+    async def events_since(
+        self, collection: str, resource_version: int
+    ) -> list[Change]:
         """
         Return a collection's changes after ``resource_version``, in order.
 
@@ -141,7 +150,9 @@ class Store(abc.ABC):
                 raise AlreadyExists(
                     f'{collection} "{name}" already exists', name=name, kind=collection
                 )
-            return Change(rv, collection, name, EventType.ADDED, prepare_create(body, rv))
+            return Change(
+                rv, collection, name, EventType.ADDED, prepare_create(body, rv)
+            )
 
         return await self._commit(collection, name, build)
 
@@ -261,8 +272,28 @@ class Store(abc.ABC):
             except Exception:
                 logger.exception(
                     "a store listener failed",
-                    extra={"collection": change.collection, "rv": change.resource_version},
+                    extra={
+                        "collection": change.collection,
+                        "rv": change.resource_version,
+                    },
                 )
+
+
+def changes_after(
+    changes: Iterable[Change], collection: str, resource_version: int, horizon: int
+) -> list[Change]:
+    """
+    Return the kept ``changes`` of a collection after ``resource_version``.
+
+    Raises:
+        Expired: ``resource_version`` is older than the collection's ``horizon``.
+    """
+    if resource_version < horizon:
+        raise Expired(
+            f"too old resource version: {resource_version} ({horizon})",
+            kind=collection,
+        )
+    return [change for change in changes if change.resource_version > resource_version]
 
 
 def _labels(obj: dict[str, Any]) -> dict[str, str]:

@@ -6,9 +6,9 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from ..core.errors import Expired, NotFound
+from ..core.errors import NotFound
 from ..core.events import Change
-from .base import DEFAULT_HISTORY, Snapshot, Store
+from .base import DEFAULT_HISTORY, Snapshot, Store, changes_after
 
 __all__ = ["MemoryStore"]
 
@@ -42,7 +42,9 @@ class MemoryStore(Store):
     async def get(self, collection: str, name: str) -> dict[str, Any]:
         obj = self._objects.get(collection, {}).get(name)
         if obj is None:
-            raise NotFound(f'{collection} "{name}" not found', name=name, kind=collection)
+            raise NotFound(
+                f'{collection} "{name}" not found', name=name, kind=collection
+            )
         return obj
 
     async def list(self, collection: str) -> tuple[list[dict[str, Any]], int]:
@@ -56,18 +58,15 @@ class MemoryStore(Store):
             dict(self._horizons),
         )
 
-    async def events_since(self, collection: str, resource_version: int) -> list[Change]:
-        horizon = self._horizons.get(collection, 0)
-        if resource_version < horizon:
-            raise Expired(
-                f"too old resource version: {resource_version} ({horizon})",
-                kind=collection,
-            )
-        return [
-            change
-            for change in self._history.get(collection, ())
-            if change.resource_version > resource_version
-        ]
+    async def events_since(
+        self, collection: str, resource_version: int
+    ) -> list[Change]:
+        return changes_after(
+            self._history.get(collection, ()),
+            collection,
+            resource_version,
+            self._horizons.get(collection, 0),
+        )
 
     async def _commit(
         self,
@@ -75,8 +74,9 @@ class MemoryStore(Store):
         name: str,
         build: Callable[[dict[str, Any] | None, int], Change],
     ) -> Change:
+        # build() may refuse the write: only then is the collection made.
+        change = build(self._objects.get(collection, {}).get(name), self._rv + 1)
         objects = self._objects.setdefault(collection, {})
-        change = build(objects.get(name), self._rv + 1)
         self._rv = change.resource_version
         if change.type.value == "DELETED":
             del objects[name]

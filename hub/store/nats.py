@@ -84,14 +84,13 @@ from ..core import codec
 from ..core.errors import (
     AlreadyExists,
     Conflict,
-    Expired,
     NotFound,
     RequestEntityTooLarge,
     StoreUnavailable,
 )
 from ..core.events import Change, EventType
 from ..core.resource import prepare_create, prepare_update
-from .base import DEFAULT_HISTORY, Snapshot, Store, _check, _labels
+from .base import DEFAULT_HISTORY, Snapshot, Store, _check, _labels, changes_after
 
 __all__ = ["DEFAULT_BUCKET", "DEFAULT_KEY_HISTORY", "NATSStore"]
 
@@ -321,17 +320,12 @@ class NATSStore(Store):
     async def events_since(
         self, collection: str, resource_version: int
     ) -> list[Change]:
-        horizon = self._horizon(collection)
-        if resource_version < horizon:
-            raise Expired(
-                f"too old resource version: {resource_version} ({horizon})",
-                kind=collection,
-            )
-        return [
-            change
-            for change in self._history.get(collection, ())
-            if change.resource_version > resource_version
-        ]
+        return changes_after(
+            self._history.get(collection, ()),
+            collection,
+            resource_version,
+            self._horizon(collection),
+        )
 
     async def create(self, collection: str, body: dict[str, Any]) -> Change:
         name = body["metadata"]["name"]
@@ -854,4 +848,3 @@ def _too_busy(collection: str, name: str) -> NoReturn:
         name=name,
         kind=collection,
     )
-
