@@ -401,3 +401,10 @@ async def test_start_while_writes_pour_in_has_no_seam(
             else:
                 state[name] = obj
         assert state == final
+
+
+async def test_websocket_is_never_compressed(served: RunningHub) -> None:
+    """A client offering permessage-deflate gets plain frames: no extension."""
+    async with connect(f"{served.ws_url}/api/v1/watch/pods") as ws:
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers

@@ -64,7 +64,12 @@ async def serve(
     write_timeout: float,
 ) -> web.WebSocketResponse:
     """Send a watch over a WebSocket, one event per text frame."""
-    ws = web.WebSocketResponse(heartbeat=heartbeat, max_msg_size=max_msg_size)
+    # No permessage-deflate: compressing would cost a compressor per peer and
+    # a compression per event per watcher, where every watcher now gets the
+    # same bytes, encoded once.
+    ws = web.WebSocketResponse(
+        heartbeat=heartbeat, max_msg_size=max_msg_size, compress=False
+    )
     await ws.prepare(request)
     sockets.add(ws)
     reader = asyncio.create_task(_read(ws, stream))
