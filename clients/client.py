@@ -6,33 +6,23 @@ import logging
 import weakref
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import Any
 
 import aiohttp
 import websockets.asyncio.client
 from websockets.exceptions import InvalidStatus, WebSocketException
 from yarl import URL
 
-from hub.core import codec
 from hub.core.watcher import Decoder, StreamWatcher
 
+from . import _requests
+from ._requests import EVENT_STREAM, MAX_ERROR_BODY, Request, Transport
 from .decoders import MAX_EVENT_SIZE, NDJSONDecoder, SSEDecoder, WebSocketDecoder
 from .errors import ApiError, DecodeError, TransportError
 
 __all__ = ["Client", "Transport"]
 
 logger = logging.getLogger("watchhub.client")
-
-Transport = Literal["chunked", "websocket", "sse"]
-TRANSPORTS: tuple[Transport, ...] = ("chunked", "websocket", "sse")
-
-# An error body is read for its message only: a longer one is cut here.
-MAX_ERROR_BODY = 64 * 1024
-
-JSON = "application/json"
-MERGE_PATCH = "application/merge-patch+json"
-EVENT_STREAM = "text/event-stream"
 
 
 class Client:
@@ -65,13 +55,11 @@ class Client:
         token: str | None = None,
         max_event_size: int = MAX_EVENT_SIZE,
     ) -> None:
-        self.base_url = URL(base_url)
-        if self.base_url.scheme not in ("http", "https") or not self.base_url.host:
-            raise ValueError(f"base url {str(base_url)!r} is not an http(s) url")
+        self.base_url = _requests.parse_base_url(base_url)
         self.max_event_size = max_event_size
         self._session = session
         self._owns_session = session is None
-        self._token = token
+        self._requests = _requests.Requests(self.base_url, token)
         self._watchers: weakref.WeakSet[StreamWatcher] = weakref.WeakSet()
         self._closed = False
 
@@ -90,8 +78,11 @@ class Client:
         Raises:
             ApiError: the hub refused the request, say for a bad selector.
         """
-        params = _params(labelSelector=label_selector, fieldSelector=field_selector)
-        return await self._request("GET", self._url(collection), params=params)
+        return await self._request(
+            self._requests.list(
+                collection, label_selector=label_selector, field_selector=field_selector
+            )
+        )
 
     async def get(self, collection: str, name: str) -> dict[str, Any]:
         """
@@ -100,7 +91,7 @@ class Client:
         Raises:
             ApiError: ``NotFound`` if there is no such object.
         """
-        return await self._request("GET", self._url(collection, name))
+        return await self._request(self._requests.get(collection, name))
 
     async def create(self, collection: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """
@@ -109,7 +100,7 @@ class Client:
         Raises:
             ApiError: ``AlreadyExists``, ``Invalid`` or ``RequestEntityTooLarge``.
         """
-        return await self._request("POST", self._url(collection), body=obj)
+        return await self._request(self._requests.create(collection, obj))
 
     async def replace(self, collection: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """
@@ -123,11 +114,7 @@ class Client:
             ApiError: ``NotFound``, ``Conflict`` (a stale resourceVersion) or
                 ``Invalid``.
         """
-        metadata = obj.get("metadata")
-        name = metadata.get("name") if isinstance(metadata, Mapping) else None
-        if not isinstance(name, str) or not name:
-            raise ValueError("object has no metadata.name to replace")
-        return await self._request("PUT", self._url(collection, name), body=obj)
+        return await self._request(self._requests.replace(collection, obj))
 
     async def patch(
         self, collection: str, name: str, patch: Mapping[str, Any]
@@ -138,8 +125,7 @@ class Client:
         Raises:
             ApiError: ``NotFound``, ``Conflict`` or ``Invalid``.
         """
-        url = self._url(collection, name)
-        return await self._request("PATCH", url, body=patch, content_type=MERGE_PATCH)
+        return await self._request(self._requests.patch(collection, name, patch))
 
     async def delete(
         self, collection: str, name: str, *, resource_version: str | None = None
@@ -152,8 +138,9 @@ class Client:
         Raises:
             ApiError: ``NotFound``, or ``Conflict`` on a stale resource_version.
         """
-        params = _params(resourceVersion=resource_version)
-        return await self._request("DELETE", self._url(collection, name), params=params)
+        return await self._request(
+            self._requests.delete(collection, name, resource_version=resource_version)
+        )
 
     # Public API: watch.
 
@@ -197,24 +184,22 @@ class Client:
             TransportError: the hub could not be reached.
             DecodeError: an SSE watch was answered with another content type.
         """
-        if transport not in TRANSPORTS:
-            raise ValueError(
-                f"unknown transport {transport!r}, expected chunked, websocket or sse"
-            )
-        url = self._url("watch", collection, *([name] if name is not None else []))
-        params = _params(
-            resourceVersion=resource_version,
-            labelSelector=label_selector,
-            fieldSelector=field_selector,
-            allowWatchBookmarks="true" if allow_bookmarks else None,
-            timeoutSeconds=_optional(timeout_seconds),
-            sendInitialEvents=_optional(send_initial_events),
+        request = self._requests.watch(
+            collection,
+            name,
+            resource_version=resource_version,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            allow_bookmarks=allow_bookmarks,
+            timeout_seconds=timeout_seconds,
+            send_initial_events=send_initial_events,
+            transport=transport,
         )
         decoder: Decoder
         if transport == "websocket":
-            decoder = await self._open_websocket(url.with_query(params))
+            decoder = await self._open_websocket(request)
         else:
-            decoder = await self._open_stream(url, params, transport)
+            decoder = await self._open_stream(request, transport)
         watcher = StreamWatcher(decoder)
         self._watchers.add(watcher)
         logger.info(
@@ -255,21 +240,6 @@ class Client:
 
     # Private: requests.
 
-    def _url(self, *segments: str) -> URL:
-        for segment in segments:
-            if not segment:
-                raise ValueError(f"empty path segment in {'/'.join(segments)!r}")
-        # Quote each segment whole, so that a "/" in a name cannot reach
-        # another route: the hub answers it as the bad name it is.
-        quoted = [quote(segment, safe="") for segment in segments]
-        return self.base_url.joinpath("api", "v1", *quoted, encoded=True)
-
-    def _headers(self, accept: str = JSON) -> dict[str, str]:
-        headers = {"Accept": accept}
-        if self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token}"
-        return headers
-
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("the client is closed")
@@ -277,50 +247,33 @@ class Client:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    async def _request(
-        self,
-        method: str,
-        url: URL,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Mapping[str, Any] | None = None,
-        content_type: str = JSON,
-    ) -> dict[str, Any]:
+    async def _request(self, request: Request) -> dict[str, Any]:
         """Send one REST request; return the decoded body of a 2xx answer."""
         session = self._get_session()
-        headers = self._headers()
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = codec.dumps(body if isinstance(body, dict) else dict(body))
+        method, url = request.method, request.url
         logger.debug("request", extra={"method": method, "url": str(url)})
         try:
             async with session.request(
-                method, url, params=params, data=data, headers=headers
+                method,
+                url,
+                params=request.params,
+                data=request.body,
+                headers=request.headers,
             ) as response:
                 if response.status >= 300:
-                    raise await _api_error(response)
-                payload = await response.read()
+                    body = await _error_body(response)
+                else:
+                    body = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"{method} {url} failed: {exc!r}") from exc
-        try:
-            decoded = codec.loads(payload)
-        except ValueError as exc:
-            raise DecodeError(f"{method} {url} answered malformed json: {exc}") from exc
-        if not isinstance(decoded, dict):
-            kind = type(decoded).__name__
-            raise DecodeError(f"{method} {url} answered a json {kind}, not an object")
-        return decoded
+        return _requests.read_object(
+            method, url, response.status, body, response.content_type
+        )
 
-    async def _open_stream(
-        self, url: URL, params: Mapping[str, str], transport: Transport
-    ) -> Decoder:
+    async def _open_stream(self, request: Request, transport: Transport) -> Decoder:
         """Start a chunked or SSE watch; return its decoder once it streams."""
         session = self._get_session()
-        accept = EVENT_STREAM if transport == "sse" else JSON
-        headers = self._headers(accept)
-        # A compressed body arrives in bursts, not event by event.
-        headers["Accept-Encoding"] = "identity"
+        url = request.url
         # A watch lasts as long as the hub keeps it: no total or read timeout.
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -330,15 +283,16 @@ class Client:
         )
         try:
             response = await session.get(
-                url, params=params, headers=headers, timeout=timeout
+                url, params=request.params, headers=request.headers, timeout=timeout
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"watch {url} failed: {exc!r}") from exc
         if response.status >= 300:
             try:
-                raise await _api_error(response)
+                body = await _error_body(response)
             finally:
                 response.close()
+            raise ApiError.from_response(response.status, body, response.content_type)
         if transport == "sse":
             if response.content_type != EVENT_STREAM:
                 response.close()
@@ -349,15 +303,14 @@ class Client:
             return SSEDecoder(response, self.max_event_size)
         return NDJSONDecoder(response, self.max_event_size)
 
-    async def _open_websocket(self, url: URL) -> WebSocketDecoder:
+    async def _open_websocket(self, request: Request) -> WebSocketDecoder:
         """Start a WebSocket watch; return its decoder once the handshake is done."""
-        ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
-        headers = self._headers()
+        ws_url = _requests.websocket_url(request.target)
         trust_env = self._get_session().trust_env
         try:
             connection = await websockets.asyncio.client.connect(
                 str(ws_url),
-                additional_headers=headers,
+                additional_headers=request.headers,
                 max_size=self.max_event_size,
                 # Queue no more than a frame or two: a slow consumer then slows
                 # the stream, as it does over HTTP, instead of holding up to 16
@@ -368,35 +321,15 @@ class Client:
                 proxy=True if trust_env else None,
             )
         except InvalidStatus as exc:
-            answer = exc.response
-            content_type = answer.headers.get("Content-Type", JSON)
-            body = bytes(answer.body[:MAX_ERROR_BODY])
-            raise ApiError.from_response(
-                answer.status_code, body, content_type
-            ) from exc
+            raise _requests.handshake_error(exc.response) from exc
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise TransportError(f"watch {ws_url} failed: {exc!r}") from exc
         return WebSocketDecoder(connection)
 
 
-def _params(**values: str | None) -> dict[str, str]:
-    """Return the query parameters that have a value."""
-    return {key: value for key, value in values.items() if value is not None}
-
-
-def _optional(value: int | bool | None) -> str | None:
-    """Return a query parameter's text: "true", "false", a number, or None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-async def _api_error(response: aiohttp.ClientResponse) -> ApiError:
-    """Return the error that a failed answer describes, reading its body."""
+async def _error_body(response: aiohttp.ClientResponse) -> bytes:
+    """Return the start of a failed answer's body, read for its message."""
     try:
-        body = await response.content.read(MAX_ERROR_BODY)
+        return await response.content.read(MAX_ERROR_BODY)
     except aiohttp.ClientError:
-        body = b""
-    return ApiError.from_response(response.status, body, response.content_type)
+        return b""

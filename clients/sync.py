@@ -30,7 +30,6 @@ import threading
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import urllib3
 import websockets.sync.client
@@ -43,19 +42,10 @@ from websockets.exceptions import (
 )
 from yarl import URL
 
-from hub.core import codec
 from hub.core.events import Event
 
-from .client import (
-    EVENT_STREAM,
-    JSON,
-    MAX_ERROR_BODY,
-    MERGE_PATCH,
-    TRANSPORTS,
-    Transport,
-    _optional,
-    _params,
-)
+from . import _requests
+from ._requests import EVENT_STREAM, JSON, MAX_ERROR_BODY, Request, Transport
 from .decoders import (
     MAX_EVENT_SIZE,
     NDJSONParser,
@@ -172,12 +162,10 @@ class SyncClient:
         max_event_size: int = MAX_EVENT_SIZE,
         pool: urllib3.PoolManager | None = None,
     ) -> None:
-        self.base_url = URL(base_url)
-        if self.base_url.scheme not in ("http", "https") or not self.base_url.host:
-            raise ValueError(f"base url {str(base_url)!r} is not an http(s) url")
+        self.base_url = _requests.parse_base_url(base_url)
         self.timeout = timeout
         self.max_event_size = max_event_size
-        self._token = token
+        self._requests = _requests.Requests(self.base_url, token)
         self._owns_pool = pool is None
         # A few connections per host: a watch holds one for its lifetime, and
         # REST calls from other threads should not each open a new one.
@@ -199,8 +187,11 @@ class SyncClient:
         Raises:
             ApiError: the hub refused the request, say for a bad selector.
         """
-        params = _params(labelSelector=label_selector, fieldSelector=field_selector)
-        return self._request("GET", self._url(collection), params=params)
+        return self._request(
+            self._requests.list(
+                collection, label_selector=label_selector, field_selector=field_selector
+            )
+        )
 
     def get(self, collection: str, name: str) -> dict[str, Any]:
         """
@@ -209,7 +200,7 @@ class SyncClient:
         Raises:
             ApiError: ``NotFound`` if there is no such object.
         """
-        return self._request("GET", self._url(collection, name))
+        return self._request(self._requests.get(collection, name))
 
     def create(self, collection: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """
@@ -218,7 +209,7 @@ class SyncClient:
         Raises:
             ApiError: ``AlreadyExists``, ``Invalid`` or ``RequestEntityTooLarge``.
         """
-        return self._request("POST", self._url(collection), body=obj)
+        return self._request(self._requests.create(collection, obj))
 
     def replace(self, collection: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """
@@ -232,11 +223,7 @@ class SyncClient:
             ApiError: ``NotFound``, ``Conflict`` (a stale resourceVersion) or
                 ``Invalid``.
         """
-        metadata = obj.get("metadata")
-        name = metadata.get("name") if isinstance(metadata, Mapping) else None
-        if not isinstance(name, str) or not name:
-            raise ValueError("object has no metadata.name to replace")
-        return self._request("PUT", self._url(collection, name), body=obj)
+        return self._request(self._requests.replace(collection, obj))
 
     def patch(
         self, collection: str, name: str, patch: Mapping[str, Any]
@@ -247,8 +234,7 @@ class SyncClient:
         Raises:
             ApiError: ``NotFound``, ``Conflict`` or ``Invalid``.
         """
-        url = self._url(collection, name)
-        return self._request("PATCH", url, body=patch, content_type=MERGE_PATCH)
+        return self._request(self._requests.patch(collection, name, patch))
 
     def delete(
         self, collection: str, name: str, *, resource_version: str | None = None
@@ -261,8 +247,9 @@ class SyncClient:
         Raises:
             ApiError: ``NotFound``, or ``Conflict`` on a stale resource_version.
         """
-        params = _params(resourceVersion=resource_version)
-        return self._request("DELETE", self._url(collection, name), params=params)
+        return self._request(
+            self._requests.delete(collection, name, resource_version=resource_version)
+        )
 
     # Public API: watch.
 
@@ -293,26 +280,22 @@ class SyncClient:
             TransportError: the hub could not be reached.
             DecodeError: an SSE watch was answered with another content type.
         """
-        if transport not in TRANSPORTS:
-            raise ValueError(
-                f"unknown transport {transport!r}, expected chunked, websocket or sse"
-            )
-        url = self._url("watch", collection, *([name] if name is not None else []))
-        url = url.with_query(
-            _params(
-                resourceVersion=resource_version,
-                labelSelector=label_selector,
-                fieldSelector=field_selector,
-                allowWatchBookmarks="true" if allow_bookmarks else None,
-                timeoutSeconds=_optional(timeout_seconds),
-                sendInitialEvents=_optional(send_initial_events),
-            )
+        request = self._requests.watch(
+            collection,
+            name,
+            resource_version=resource_version,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            allow_bookmarks=allow_bookmarks,
+            timeout_seconds=timeout_seconds,
+            send_initial_events=send_initial_events,
+            transport=transport,
         )
         source: _Source
         if transport == "websocket":
-            source = self._open_websocket(url)
+            source = self._open_websocket(request)
         else:
-            source = self._open_stream(url, transport)
+            source = self._open_stream(request, transport)
         logger.info(
             "watch opened",
             extra={
@@ -345,41 +328,14 @@ class SyncClient:
 
     # Private: requests.
 
-    def _url(self, *segments: str) -> URL:
-        for segment in segments:
-            if not segment:
-                raise ValueError(f"empty path segment in {'/'.join(segments)!r}")
-        quoted = [quote(segment, safe="") for segment in segments]
-        return self.base_url.joinpath("api", "v1", *quoted, encoded=True)
-
-    def _headers(self, accept: str = JSON) -> dict[str, str]:
-        headers = {"Accept": accept}
-        if self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token}"
-        return headers
-
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the client is closed")
 
-    def _request(
-        self,
-        method: str,
-        url: URL,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Mapping[str, Any] | None = None,
-        content_type: str = JSON,
-    ) -> dict[str, Any]:
+    def _request(self, request: Request) -> dict[str, Any]:
         """Send one REST request; return the decoded body of a 2xx answer."""
         self._check_open()
-        if params:
-            url = url.with_query(params)
-        headers = self._headers()
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = codec.dumps(body if isinstance(body, dict) else dict(body))
+        method, url = request.method, request.target
         logger.debug("request", extra={"method": method, "url": str(url)})
         try:
             # No retries: a write that may have reached the hub is not sent
@@ -387,40 +343,28 @@ class SyncClient:
             response = self._pool.request(
                 method,
                 str(url),
-                body=data,
-                headers=headers,
+                body=request.body,
+                headers=request.headers,
                 timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
                 retries=False,
                 redirect=False,
             )
         except (HTTPError, OSError) as exc:
             raise TransportError(f"{method} {url} failed: {exc!r}") from exc
-        payload = response.data
-        if response.status >= 300:
-            content = response.headers.get("Content-Type", JSON)
-            raise ApiError.from_response(
-                response.status, payload[:MAX_ERROR_BODY], content
-            )
-        try:
-            decoded = codec.loads(payload)
-        except ValueError as exc:
-            raise DecodeError(f"{method} {url} answered malformed json: {exc}") from exc
-        if not isinstance(decoded, dict):
-            kind = type(decoded).__name__
-            raise DecodeError(f"{method} {url} answered a json {kind}, not an object")
-        return decoded
+        content_type = response.headers.get("Content-Type", JSON)
+        return _requests.read_object(
+            method, url, response.status, response.data, content_type
+        )
 
-    def _open_stream(self, url: URL, transport: Transport) -> _HTTPSource:
+    def _open_stream(self, request: Request, transport: Transport) -> _HTTPSource:
         """Start a chunked or SSE watch; return its source once it streams."""
         self._check_open()
-        headers = self._headers(EVENT_STREAM if transport == "sse" else JSON)
-        # A compressed body arrives in bursts, not event by event.
-        headers["Accept-Encoding"] = "identity"
+        url = request.target
         try:
             response = self._pool.request(
                 "GET",
                 str(url),
-                headers=headers,
+                headers=request.headers,
                 # A watch lasts as long as the hub keeps it: no read timeout.
                 timeout=urllib3.Timeout(connect=self.timeout, read=None),
                 retries=False,
@@ -446,10 +390,10 @@ class SyncClient:
             return _HTTPSource(response, SSEParser(self.max_event_size))
         return _HTTPSource(response, NDJSONParser(self.max_event_size))
 
-    def _open_websocket(self, url: URL) -> _WebSocketSource:
+    def _open_websocket(self, request: Request) -> _WebSocketSource:
         """Start a WebSocket watch; return its source once the handshake is done."""
         self._check_open()
-        ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+        ws_url = _requests.websocket_url(request.target)
         # The connection's context is entered here and exited when the watch
         # stops: websockets 17.1 and later expect connect() as a context.
         stack = contextlib.ExitStack()
@@ -457,7 +401,7 @@ class SyncClient:
             connection = stack.enter_context(
                 websockets.sync.client.connect(
                     str(ws_url),
-                    additional_headers=self._headers(),
+                    additional_headers=request.headers,
                     max_size=self.max_event_size,
                     # As in the async client: hold a frame or two for a slow
                     # consumer, not 16 events of max_size each.
@@ -468,12 +412,7 @@ class SyncClient:
                 )
             )
         except InvalidStatus as exc:
-            answer = exc.response
-            content_type = answer.headers.get("Content-Type", JSON)
-            body = bytes(answer.body[:MAX_ERROR_BODY])
-            raise ApiError.from_response(
-                answer.status_code, body, content_type
-            ) from exc
+            raise _requests.handshake_error(exc.response) from exc
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise TransportError(f"watch {ws_url} failed: {exc!r}") from exc
         return _WebSocketSource(connection, stack)
