@@ -337,13 +337,14 @@ class SQLiteStore(Store):
             # wait for it off the loop.
             if checkpointer is not None:
                 await asyncio.to_thread(checkpointer.stop)
+        finally:
             try:
                 conn.close()
             except sqlite3.Error as exc:
                 raise self._unavailable("cannot close", exc) from exc
-        finally:
-            if lock is not None:
-                os.close(lock)
+            finally:
+                if lock is not None:
+                    os.close(lock)
         logger.info("sqlite store closed", extra={"path": self._path, "rv": self._rv})
 
     async def get(self, collection: str, name: str) -> dict[str, Any]:
