@@ -60,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the hub")
+    serve = commands.add_parser(
+        "serve",
+        help="run the hub",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080, help="port (0: any free one)")
     serve.add_argument(
@@ -86,7 +90,10 @@ def _parser() -> argparse.ArgumentParser:
         "--max-object-size", type=int, default=3 * 1024 * 1024, help="bytes"
     )
     serve.add_argument(
-        "--bookmark-interval", type=float, default=60.0, help="seconds between bookmarks"
+        "--bookmark-interval",
+        type=float,
+        default=60.0,
+        help="seconds between bookmarks",
     )
     serve.add_argument(
         "--min-watch-timeout",
@@ -134,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     get.set_defaults(run=_get)
 
     apply = client_command("apply", "create objects, or replace those that exist")
-    apply.add_argument("-f", "--filename", required=True, help="a JSON file, - for stdin")
+    apply.add_argument(
+        "-f", "--filename", required=True, help="a JSON file, - for stdin"
+    )
     apply.add_argument(
         "-c", "--collection", help="the collection (default: from each object's kind)"
     )
@@ -297,7 +306,9 @@ def _age(timestamp: str) -> str:
     except ValueError:
         return "?"
     seconds = int(
-        (datetime.now(timezone.utc) - created.replace(tzinfo=timezone.utc)).total_seconds()
+        (
+            datetime.now(timezone.utc) - created.replace(tzinfo=timezone.utc)
+        ).total_seconds()
     )
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -320,7 +331,9 @@ def _table(items: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "   " + row[3]
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths))
+        + "   "
+        + row[3]
         for row in rows
     )
 

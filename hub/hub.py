@@ -34,6 +34,7 @@ from .core.errors import (
 )
 from .core.events import Change
 from .core.resource import (
+    SERVER_FIELDS,
     check_collection,
     merge_patch,
     parse_precondition,
@@ -199,17 +200,9 @@ class Hub:
         """
         labels = _label_selector(label_selector)
         fields = _field_selector(field_selector)
-        since = _watch_version(resource_version)
         if timeout is not None and timeout < 0:
             raise BadRequest(f"timeoutSeconds must not be negative, not {timeout}")
-        if since > self.log.resource_version:
-            wait = self.config.future_version_wait
-            if not await self.log.wait_for(since, wait):
-                raise Timeout(
-                    f"too large resource version: {since}, current: "
-                    f"{self.log.resource_version}",
-                    kind=collection,
-                )
+        since = await self.wait_for_version(resource_version, collection)
         if timeout is None:
             low = self.config.min_watch_timeout
             timeout = random.uniform(low, 2 * low)
@@ -265,6 +258,30 @@ class Hub:
             },
         )
         return stream
+
+    async def wait_for_version(
+        self, resource_version: str | None, kind: str = ""
+    ) -> int:
+        """
+        Wait until the hub has applied ``resource_version``; return it as a number.
+
+        Unset, "" and "0" mean any state. A version the hub has not reached is
+        waited for briefly, as a list or watch from a replica that is behind.
+
+        Raises:
+            BadRequest: the version is not a decimal number.
+            Timeout: the hub did not reach it within ``future_version_wait``.
+        """
+        since = _watch_version(resource_version)
+        if since > self.log.resource_version:
+            wait = self.config.future_version_wait
+            if not await self.log.wait_for(since, wait):
+                raise Timeout(
+                    f"too large resource version: {since}, current: "
+                    f"{self.log.resource_version}",
+                    kind=kind,
+                )
+        return since
 
     def close_stream(self, stream: WatchStream) -> None:
         """Forget a stream that its transport has finished with; idempotent."""
@@ -358,7 +375,11 @@ class Collection:
 
     def _check(self, body: Any) -> dict[str, Any]:
         body = validate_body(body, self.name)
-        size = len(codec.dumps(body))
+        # The metadata the hub owns does not count, so that an object stored at
+        # the limit can be read, changed and written back.
+        metadata = body["metadata"]
+        mine = {k: v for k, v in metadata.items() if k not in SERVER_FIELDS}
+        size = len(codec.dumps({**body, "metadata": mine}))
         if size > self.hub.config.max_object_size:
             raise RequestEntityTooLarge(
                 f"object is {size} bytes, above the limit of "

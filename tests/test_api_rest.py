@@ -294,3 +294,29 @@ async def test_unknown_route_and_method_are_status(served: RunningHub, http) -> 
     assert status == 404 and body["kind"] == "Status"
     status, body = await call(http, "POST", f"{served.url}/api/v1/pods/a")
     assert status == 405 and body["kind"] == "Status"
+
+
+async def test_object_at_the_size_limit_can_be_written_back(http) -> None:
+    """The metadata the hub adds does not push a stored object over the limit."""
+    from hub import Hub, HubConfig
+
+    from .conftest import start_hub
+
+    limit = 5000
+    running = await start_hub(Hub(config=HubConfig(max_object_size=limit)))
+    try:
+        url = f"{running.url}/api/v1/pods"
+        base = len(b'{"metadata":{"name":"a"},"data":""}')
+        body = {"metadata": {"name": "a"}, "data": "x" * (limit - base)}
+        status, stored = await call(http, "POST", url, json=body)
+        assert status == 201
+        status, _ = await call(http, "PUT", f"{url}/a", json=stored)
+        assert status == 200
+        same_size = {"data": "y" * (limit - base)}
+        status, _ = await call(http, "PATCH", f"{url}/a", json=same_size, headers=MERGE)
+        assert status == 200
+        body["data"] += "x"
+        status, _ = await call(http, "PUT", f"{url}/a", json=body)
+        assert status == 413
+    finally:
+        await running.runner.cleanup()

@@ -65,6 +65,8 @@ BAD = [
     "app=" + "v" * 64,
     "-app=x",
     "app notin",
+    "app in ()",
+    "app notin ( )",
     "!",
     "app=web)",
 ]

@@ -414,3 +414,76 @@ async def test_websocket_client_that_answers_pings_stays(quick: RunningHub) -> N
     async with connect(url) as ws:
         await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
         assert ws.close_code == 1000  # ended by its timeout, not dropped
+
+
+# Where history starts, and what Kubernetes clients send
+
+
+async def test_list_then_watch_of_a_quiet_collection_is_not_expired(
+    served: RunningHub, http: aiohttp.ClientSession
+) -> None:
+    """A watch from a list's version of an empty collection survives other writes."""
+    async with http.get(f"{served.url}/api/v1/fresh") as response:
+        listed = await response.json()
+    await served.hub.collection("other").create(pod("o"))
+    rv = listed["metadata"]["resourceVersion"]
+    async with http.get(f"{served.url}/api/v1/watch/fresh?resourceVersion={rv}") as w:
+        await served.hub.collection("fresh").create(pod("f"))
+        (event,) = await read_lines(w, 1)
+    assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "f")
+
+
+async def test_collection_first_written_late_resumes_from_the_start(
+    served: RunningHub, http: aiohttp.ClientSession
+) -> None:
+    """A collection whose first write came late is watched from version 1."""
+    for index in range(5):
+        await served.hub.collection("other").create(pod(f"o{index}"))
+    await served.hub.collection("late").create(pod("a"))
+    async with http.get(f"{served.url}/api/v1/watch/late?resourceVersion=1") as w:
+        (event,) = await read_lines(w, 1)
+    assert (event["type"], rv_of(event)) == ("ADDED", 6)
+
+
+async def test_sse_last_event_id_wins_over_the_url_version(quick: RunningHub) -> None:
+    """An EventSource reconnecting to its first URL resumes after its last id."""
+    pods = quick.hub.collection("pods")
+    for name in ("a", "b", "c"):
+        await pods.create(pod(name))
+    reader, writer, _ = await open_sse(
+        quick, "/api/v1/watch/pods?resourceVersion=1", "Last-Event-ID: 2\r\n"
+    )
+    try:
+        records = [r for r in await sse_records(reader, 2) if "data" in r]
+        assert [r["id"] for r in records][:1] == ["3"]
+    finally:
+        writer.close()
+
+
+async def test_timeout_seconds_zero_means_the_server_limit(
+    quick: RunningHub, http: aiohttp.ClientSession
+) -> None:
+    """timeoutSeconds=0 takes the server's own limit instead of ending at once."""
+    started = time.monotonic()
+    url = f"{quick.url}/api/v1/watch/pods?timeoutSeconds=0"
+    async with http.get(url) as response:
+        async with asyncio.timeout(TIMEOUT):
+            assert await response.read() == b""
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_list_at_a_version(http: aiohttp.ClientSession) -> None:
+    """A list's resourceVersion is checked: 400 malformed, 504 never reached."""
+    running = await start_hub(Hub(config=HubConfig(future_version_wait=0.2)))
+    try:
+        await running.hub.collection("pods").create(pod("a"))
+        url = f"{running.url}/api/v1/pods?resourceVersion="
+        async with http.get(url + "1") as response:
+            assert response.status == 200
+        async with http.get(url + "abc") as response:
+            assert response.status == 400
+        async with http.get(url + "99") as response:
+            assert response.status == 504
+            assert (await response.json())["reason"] == "Timeout"
+    finally:
+        await running.runner.cleanup()

@@ -229,11 +229,15 @@ async def _body(request: web.Request, collection: str) -> Any:
         )
     data = await request.read()
     if not data.strip():
-        raise Invalid("request body is empty; a JSON object is required", kind=collection)
+        raise Invalid(
+            "request body is empty; a JSON object is required", kind=collection
+        )
     try:
         return codec.loads(data)
     except ValueError as error:
-        raise Invalid(f"request body is not valid JSON: {error}", kind=collection) from None
+        raise Invalid(
+            f"request body is not valid JSON: {error}", kind=collection
+        ) from None
 
 
 # Routes
@@ -247,6 +251,10 @@ async def _list(request: web.Request) -> web.StreamResponse:
     if is_watch(request.query):
         return await _watch(request, None)
     collection = _collection(request)
+    # A list is served at a version at least as new as the one asked for.
+    await collection.hub.wait_for_version(
+        request.query.get("resourceVersion"), collection.name
+    )
     changes, rv = collection.list_changes(
         request.query.get("labelSelector"), request.query.get("fieldSelector")
     )
@@ -354,4 +362,3 @@ async def _watch(request: web.Request, name: str | None) -> web.StreamResponse:
         raise
     finally:
         hub.close_stream(stream)
-

@@ -76,9 +76,12 @@ class WatchParams:
         if raw is not None and raw != "":
             if not raw.isdecimal() or not raw.isascii() or len(raw) > 9:
                 raise BadRequest(f"timeoutSeconds must be a whole number, not {raw!r}")
-            timeout = float(raw)
+            # 0 asks for the server's own limit, as in Kubernetes.
+            timeout = float(raw) or None
         resource_version = query.get("resourceVersion")
-        if not resource_version and last_event_id:
+        if last_event_id:
+            # An EventSource reconnects to the same URL with the id of the last
+            # event it got: that, not the URL's version, is where it resumes.
             resource_version = last_event_id
         return cls(
             resource_version=resource_version,

@@ -160,7 +160,9 @@ class _Parser:
             return Requirement(key, "exists")
         op = self.take()
         if op in ("=", "==", "!="):
-            return Requirement(key, "!=" if op == "!=" else "=", frozenset([self.value()]))
+            return Requirement(
+                key, "!=" if op == "!=" else "=", frozenset([self.value()])
+            )
         if op in ("in", "notin"):
             return Requirement(key, op, self.value_set())
         raise self.fail(f"unexpected {op!r} after key {key!r}")
@@ -168,6 +170,8 @@ class _Parser:
     def value_set(self) -> frozenset[str]:
         if self.take() != "(":
             raise self.fail("expected '(' to open a set of values")
+        if self.peek() == ")":
+            raise self.fail("a set of values must not be empty")
         values = [self.value()]
         while True:
             token = self.take()
@@ -203,7 +207,9 @@ class FieldSelector:
                 if sep:
                     break
             else:
-                raise BadRequest(f"invalid field selector {text!r}: {term!r} has no operator")
+                raise BadRequest(
+                    f"invalid field selector {text!r}: {term!r} has no operator"
+                )
             field = field.strip()
             if field != "metadata.name":
                 raise BadRequest(

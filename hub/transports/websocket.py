@@ -26,8 +26,15 @@ logger = logging.getLogger("watchhub.http")
 
 
 def is_websocket(request: web.Request) -> bool:
-    """Tell whether the request is a WebSocket upgrade."""
-    return bool(web.WebSocketResponse().can_prepare(request).ok)
+    """
+    Tell whether the request asks for a WebSocket upgrade.
+
+    Only the headers are looked at; the handshake itself is checked when the
+    socket is prepared, and a bad one is answered 400.
+    """
+    upgrade = request.headers.get("Upgrade", "").lower()
+    connection = request.headers.get("Connection", "").lower()
+    return upgrade == "websocket" and "upgrade" in connection
 
 
 def check_origin(request: web.Request, allowed: Iterable[str]) -> None:

@@ -230,9 +230,10 @@ class EventLog:
         """Return the log of one collection, made empty if it has none yet."""
         log = self._collections.get(name)
         if log is None:
-            # A collection first seen now has had no change before: its history
-            # is complete from the hub's current version on.
-            log = CollectionLog(name, self.capacity, self.resource_version)
+            # A collection without a log has had no change since the store's
+            # snapshot, which held none of its history: every change it ever
+            # had is here, so a watch may start from any version.
+            log = CollectionLog(name, self.capacity, 0)
             self._collections[name] = log
         return log
 
