@@ -187,7 +187,13 @@ def requirements(draw: st.DrawFn) -> tuple[str, str, frozenset[str]]:
     key = draw(label_keys)
     op = draw(st.sampled_from(["=", "==", "!=", "in", "notin", "exists", "!"]))
     if op in ("in", "notin"):
-        values = frozenset(draw(st.lists(label_values, min_size=1, max_size=3)))
+        # A set of only the empty value would be written "()", which Kubernetes
+        # refuses as an empty set.
+        values = draw(
+            st.lists(label_values, min_size=1, max_size=3)
+            .map(frozenset)
+            .filter(lambda found: found != frozenset({""}))
+        )
     elif op in ("exists", "!"):
         values = frozenset()
     else:

@@ -76,7 +76,7 @@ async def test_metrics_count_requests_by_verb_and_code(
         assert response.status == 200
     async with http.delete(f"{base}/b") as response:
         assert response.status == 200
-    async with http.get(f"{base}?watch=true&timeoutSeconds=0") as response:
+    async with http.get(f"{base}?watch=true&timeoutSeconds=1") as response:
         assert response.status == 200
         await response.read()
 
@@ -314,7 +314,7 @@ async def test_request_id_is_on_the_log_records_of_its_request(
     watch_logger.addHandler(handler)
     watch_logger.setLevel(logging.DEBUG)
     try:
-        url = f"{served.url}/api/v1/watch/pods?timeoutSeconds=0"
+        url = f"{served.url}/api/v1/watch/pods?timeoutSeconds=1"
         async with http.get(url, headers={"X-Request-Id": "trace-9"}) as response:
             await response.read()
         async with http.get(url) as response:
