@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--profile", type=Path, help="py-spy the hub into this directory"
         )
+        _store_options(sub, "memory")
         return sub
 
     scenario("fanout", "watchers of one collection", "1,100,1000,5000", "100")
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "--writers", type=int, default=32, help="concurrent connections"
     )
     writes.add_argument("--duration", type=float, default=4.0)
+    _store_options(writes, "")
     suite = commands.add_parser("suite", help="every scenario, plots and the doc")
     suite.add_argument("--quick", action="store_true", help="short runs, fewer sizes")
     suite.add_argument("--no-etcd", action="store_true", help="leave etcd out")
@@ -91,6 +93,35 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("file", type=Path)
     again.add_argument("--docs", action="store_true", help="update docs/performance.md")
     return parser
+
+
+def _store_options(sub: argparse.ArgumentParser, default: str) -> None:
+    sub.add_argument(
+        "--store",
+        default=default,
+        help="comma-separated hub stores, of memory, sqlite, nats; with nats the"
+        " memory hub is measured too, as the baseline"
+        + ("" if default else " (replaces the stores of the hub/... targets)"),
+    )
+    sub.add_argument(
+        "--replicas",
+        default="1",
+        help="comma-separated counts of hub replicas on one nats-server (nats only)",
+    )
+
+
+def _stores(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """Return the (store, replicas) pairs the hub runs under, memory first."""
+    stores = _csv(args.store)
+    if "nats" in stores and "memory" not in stores:
+        stores.insert(0, "memory")
+    pairs = []
+    for store in stores:
+        if store == "nats":
+            pairs += [("nats", int(n)) for n in _csv(args.replicas)]
+        else:
+            pairs.append((store, 1))
+    return pairs
 
 
 def _target(label: str) -> tuple[str, str]:
@@ -106,31 +137,45 @@ def _scenario_runs(args: argparse.Namespace) -> list[Run]:
         "watch-one": "one",
         "idle": "idle",
     }
+    stores = _stores(args) if "store" in args else [("memory", 1)]
     runs = []
     for watchers in (int(n) for n in _csv(args.watchers)):
         for label in _csv(args.targets):
             target, transport = _target(label)
-            runs.append(Run(
-                args.scenario, target, mode[args.scenario], watchers=watchers,
-                rate=_rate(args.rate), transport=transport, duration=args.duration,
-                warmup=args.warmup if args.scenario != "idle" else 0.0,
-                budget=args.budget,
-            ))  # fmt: skip
+            for store, replicas in stores if target == "hub" else [("memory", 1)]:
+                runs.append(Run(
+                    args.scenario, target, mode[args.scenario], watchers=watchers,
+                    rate=_rate(args.rate), transport=transport,
+                    duration=args.duration, store=store, replicas=replicas,
+                    warmup=args.warmup if args.scenario != "idle" else 0.0,
+                    budget=args.budget,
+                ))  # fmt: skip
     return runs
 
 
 def _write_runs(
-    targets: list[str], ops: list[str], writers: int, duration: float
+    targets: list[str],
+    ops: list[str],
+    writers: int,
+    duration: float,
+    stores: list[tuple[str, int]] | None = None,
 ) -> list[Run]:
     runs = []
     for op in ops:
+        seen = set()
         for label in targets:
             target, store = _target(label)
-            runs.append(Run(
-                "writes", target, "writes", rate=None, store=store if target == "hub"
-                else "memory", duration=duration, warmup=1.0, writers=writers, window=1,
-                create=op == "create",
-            ))  # fmt: skip
+            # --store replaces the store a hub/... target names.
+            pairs = [("memory", 1)] if target != "hub" else stores or [(store, 1)]
+            for name, replicas in pairs:
+                if (target, name, replicas) in seen:
+                    continue
+                seen.add((target, name, replicas))
+                runs.append(Run(
+                    "writes", target, "writes", rate=None, store=name,
+                    replicas=replicas, duration=duration, warmup=1.0,
+                    writers=writers, window=1, create=op == "create",
+                ))  # fmt: skip
     return runs
 
 
@@ -243,6 +288,10 @@ def _print(results: list[dict[str, Any]]) -> None:
     print(report.results_table(results))
     print()
     print(report.ratio_table(results))
+    stores = report.store_table(results)
+    if stores:
+        print()
+        print(stores)
     checks = report.check_targets(results)
     if checks:
         print()
@@ -270,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = _suite_runs(args.quick, not args.no_etcd)
     elif args.scenario == "writes":
         plan = _write_runs(
-            _csv(args.targets), _csv(args.ops), args.writers, args.duration
-        )
+            _csv(args.targets), _csv(args.ops), args.writers, args.duration,
+            _stores(args) if args.store else None,
+        )  # fmt: skip
     else:
         plan = _scenario_runs(args)
         if args.profile is not None:

@@ -359,6 +359,8 @@ class LoadSpec:
         rate: Writes per second, or ``None`` for the highest the server accepts.
         budget: At the highest rate, stop writing once this many deliveries
             are due, so that draining the backlog stays bounded.
+        ports: Every replica of the server (``port`` alone when empty); writer
+            connections and watches go to them round-robin.
     """
 
     host: str
@@ -378,6 +380,11 @@ class LoadSpec:
     drain_stall: float = 5.0
     drain_cap: float = 20.0
     collection: str = "bench"
+    ports: list[int] = field(default_factory=list)
+
+    def port_of(self, index: int) -> int:
+        """Return the port of the ``index``-th connection, round-robin."""
+        return self.ports[index % len(self.ports)] if self.ports else self.port
 
 
 @dataclass
@@ -414,6 +421,7 @@ async def run_load(spec: LoadSpec, meter: _Meter) -> Measured:
         rv = await spec.dialect.setup(
             f"http://{spec.host}:{spec.port}", spec.collection, names
         )
+        await _caught_up(spec, rv)
     rss_before = meter.rss()
 
     # Watchers, opened in batches so the listen backlog never overflows.
@@ -432,9 +440,9 @@ async def run_load(spec: LoadSpec, meter: _Meter) -> Measured:
         )  # fmt: skip
 
     writers = []
-    for _ in range(spec.writers):
+    for index in range(spec.writers):
         _, conn = await loop.create_connection(
-            lambda: WriteConnection(counters), spec.host, spec.port
+            lambda: WriteConnection(counters), spec.host, spec.port_of(index)
         )
         writers.append(conn)
 
@@ -498,7 +506,10 @@ async def _open_watches(
     for first in range(0, spec.watchers, batch):
         indexes = range(first, min(first + batch, spec.watchers))
         made = await asyncio.gather(
-            *(loop.create_connection(factory(i), spec.host, spec.port) for i in indexes)
+            *(
+                loop.create_connection(factory(i), spec.host, spec.port_of(i))
+                for i in indexes
+            )
         )
         watches.extend(protocol for _, protocol in made)
         deadline = _clock() + 30.0
@@ -511,6 +522,26 @@ async def _open_watches(
     if counters.failed:
         raise RuntimeError(f"{counters.failed} watches were refused")
     return watches
+
+
+async def _caught_up(spec: LoadSpec, rv: int, timeout: float = 30.0) -> None:
+    # A replica other than the one the setup wrote through may not have seen
+    # those writes yet; watches opened there from ``rv`` wait until it has.
+    if len(spec.ports) < 2:
+        return
+    deadline = _clock() + timeout
+    async with aiohttp.ClientSession() as session:
+        for port in spec.ports:
+            url = f"http://{spec.host}:{port}/api/v1/{spec.collection}"
+            while True:
+                async with session.get(url) as answer:
+                    listed = orjson.loads(await answer.read())
+                seen = int(listed.get("metadata", {}).get("resourceVersion", 0) or 0)
+                if seen >= rv:
+                    break
+                if _clock() > deadline:
+                    raise RuntimeError(f"replica on port {port} stayed behind {rv}")
+                await asyncio.sleep(0.02)
 
 
 def _expected(spec: LoadSpec, acked: int) -> int:

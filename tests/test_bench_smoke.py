@@ -1,4 +1,4 @@
-"""The benchmark harness runs end to end (tiny parameters, memory store, no etcd)."""
+"""The benchmark harness runs end to end (tiny parameters, no etcd)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,16 @@ def test_bench_websocket_and_ceiling_runs_complete(tmp_path: Path) -> None:
         result = execute(run, tmp_path)
         assert result["delivered"] == result["expected"] == 12 * 3
         assert result["complete"]
+
+
+def test_bench_nats_replicas_deliver_across_replicas(tmp_path: Path) -> None:
+    """Two hub replicas on a nats-server deliver each write to every watcher of both."""
+    run = Run(
+        "fanout", "hub", "fanout", watchers=4, rate=40.0, duration=0.5, warmup=0.2,
+        store="nats", replicas=2,
+    )  # fmt: skip
+    result = execute(run, tmp_path)
+    assert result["label"] == "hub/chunked/nats-r2"
+    assert result["delivered"] == result["expected"] == 20 * 4
+    assert result["complete"] and result["disorder"] == 0
+    assert not list(tmp_path.glob("nats-*")), "the nats-server directory is left"
