@@ -20,7 +20,7 @@ import argparse
 import asyncio
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -305,11 +305,7 @@ def _age(timestamp: str) -> str:
         created = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
         return "?"
-    seconds = int(
-        (
-            datetime.now(timezone.utc) - created.replace(tzinfo=timezone.utc)
-        ).total_seconds()
-    )
+    seconds = int((datetime.now(UTC) - created.replace(tzinfo=UTC)).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -331,7 +327,7 @@ def _table(items: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(row, widths))
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
         + "   "
         + row[3]
         for row in rows

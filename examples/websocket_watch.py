@@ -16,5 +16,10 @@ async def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else
-                     "ws://127.0.0.1:8080/api/v1/watch/pods"))
+    asyncio.run(
+        main(
+            sys.argv[1]
+            if len(sys.argv) > 1
+            else "ws://127.0.0.1:8080/api/v1/watch/pods"
+        )
+    )

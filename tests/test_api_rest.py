@@ -185,7 +185,9 @@ async def test_delete_failures(served: RunningHub, http) -> None:
     status, body = await call(http, "DELETE", url)
     assert status == 409
     assert_status(body, 409, "Conflict")
-    status, body = await call(http, "DELETE", f"{served.url}/api/v1/pods/a?resourceVersion=1")
+    status, body = await call(
+        http, "DELETE", f"{served.url}/api/v1/pods/a?resourceVersion=1"
+    )
     assert status == 200
 
 
@@ -227,13 +229,20 @@ BAD_BODIES = [
     pytest.param(b'{"metadata": {"name": "a_b"}}', 422, id="name-underscore"),
     pytest.param(b'{"metadata": {"name": "-a"}}', 422, id="name-leading-dash"),
     pytest.param(b'{"metadata": {"name": "' + b"a" * 254 + b'"}}', 422, id="name-long"),
-    pytest.param(b'{"metadata": {"name": "a", "labels": ["x"]}}', 422, id="labels-list"),
-    pytest.param(b'{"metadata": {"name": "a", "labels": {"k": 1}}}', 422, id="label-int"),
+    pytest.param(
+        b'{"metadata": {"name": "a", "labels": ["x"]}}', 422, id="labels-list"
+    ),
+    pytest.param(
+        b'{"metadata": {"name": "a", "labels": {"k": 1}}}', 422, id="label-int"
+    ),
     pytest.param(
         b'{"metadata": {"name": "a", "resourceVersion": "abc"}}', 422, id="rv-text"
     ),
-    pytest.param(b'{"metadata": {"name": "a"}, "n": 123456789012345678901234567890}',
-                 422, id="int-beyond-64-bits"),
+    pytest.param(
+        b'{"metadata": {"name": "a"}, "n": 123456789012345678901234567890}',
+        422,
+        id="int-beyond-64-bits",
+    ),
 ]
 
 
@@ -263,7 +272,9 @@ async def test_bad_collection_name_is_invalid(served: RunningHub, http) -> None:
     assert_status(body, 422, "Invalid")
 
 
-async def test_non_numeric_resource_version_is_rejected(served: RunningHub, http) -> None:
+async def test_non_numeric_resource_version_is_rejected(
+    served: RunningHub, http
+) -> None:
     """A resourceVersion that is not a number is a 4xx Status everywhere."""
     await call(http, "POST", f"{served.url}/api/v1/pods", json=pod("a"))
     status, body = await call(

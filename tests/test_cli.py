@@ -11,7 +11,9 @@ from pathlib import Path
 from .conftest import TIMEOUT, spawn_hub
 
 
-def cli(url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    url: str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "clients.cli", args[0], "--server", url, *args[1:]]
     return subprocess.run(
         command, input=stdin, capture_output=True, text=True, timeout=TIMEOUT
@@ -54,18 +56,27 @@ async def test_apply_get_delete(tmp_path: Path, hub_processes) -> None:
 
 
 async def test_watch_prints_a_line_per_event(tmp_path: Path, hub_processes) -> None:
-    """watch prints type, name and resourceVersion per event, or raw JSON with -o json."""
+    """watch prints type, name and resourceVersion per event, or JSON with -o json."""
     proc = spawn_hub(tmp_path, "--store", "memory")
     hub_processes.append(proc)
     for name in ("a", "b"):
         manifest = tmp_path / f"{name}.json"
         manifest.write_text(json.dumps({"metadata": {"name": name}}))
-        await asyncio.to_thread(cli, proc.url, "apply", "-f", str(manifest), "-c", "pods")
+        await asyncio.to_thread(
+            cli, proc.url, "apply", "-f", str(manifest), "-c", "pods"
+        )
 
     async def watch(*args: str) -> list[str]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "clients.cli", "watch", "--server", proc.url,
-            "pods", *args, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "clients.cli",
+            "watch",
+            "--server",
+            proc.url,
+            "pods",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
         )
         assert process.stdout is not None
         lines = []
@@ -77,7 +88,10 @@ async def test_watch_prints_a_line_per_event(tmp_path: Path, hub_processes) -> N
         return lines
 
     table = await watch()
-    assert [line.split() for line in table] == [["ADDED", "a", "1"], ["ADDED", "b", "2"]]
+    assert [line.split() for line in table] == [
+        ["ADDED", "a", "1"],
+        ["ADDED", "b", "2"],
+    ]
     raw = await watch("-o", "json", "--transport", "websocket")
     assert [json.loads(line)["type"] for line in raw] == ["ADDED", "ADDED"]
     since = await watch("--since", "0", "--transport", "sse")

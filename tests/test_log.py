@@ -23,7 +23,9 @@ def change(
     prev: dict[str, str] | None = None,
     collection: str = "pods",
 ) -> Change:
-    obj = {"metadata": {"name": name, "resourceVersion": str(rv), "labels": labels or {}}}
+    obj = {
+        "metadata": {"name": name, "resourceVersion": str(rv), "labels": labels or {}}
+    }
     return Change(rv, collection, name, kind, obj, prev)
 
 

@@ -66,7 +66,9 @@ async def test_signal_with_open_watches_exits_quickly(
     assert "stopped" in proc.output()
 
 
-async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, hub_processes) -> None:
+async def test_acknowledged_writes_survive_sigkill(
+    tmp_path: Path, hub_processes
+) -> None:
     """Writes acknowledged before a SIGKILL are all there after a restart."""
     data = str(tmp_path / "hub.db")
     proc = spawn_hub(tmp_path, "--data", data)
@@ -80,7 +82,9 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, hub_processes
                     obj = await create(http, proc.url, f"{prefix}-{index}")
                 except (aiohttp.ClientError, AssertionError):
                     return
-                acknowledged[obj["metadata"]["name"]] = obj["metadata"]["resourceVersion"]
+                acknowledged[obj["metadata"]["name"]] = obj["metadata"][
+                    "resourceVersion"
+                ]
 
         writers = [asyncio.create_task(writer(f"w{n}")) for n in range(4)]
         deadline = time.monotonic() + TIMEOUT

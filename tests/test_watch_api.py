@@ -164,7 +164,7 @@ async def test_watch_from_version_sends_only_later_changes(
 async def test_watch_from_expired_version_is_410(
     served: RunningHub, watches: list[Watch], transport: str
 ) -> None:
-    """A version older than the kept history: one ERROR with a 410 Status, then the end."""
+    """A version older than the kept history: one 410 ERROR, then the end."""
     for index in range(120):  # the fixture keeps 50 changes
         await write(served.hub, "create", f"p{index}")
     watch = await Watch(transport).open(served, "/api/v1/watch/pods?resourceVersion=3")
@@ -277,7 +277,9 @@ async def test_timeout_seconds_ends_the_watch_cleanly(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_vanished_client_is_cleaned_up(served: RunningHub, transport: str) -> None:
+async def test_vanished_client_is_cleaned_up(
+    served: RunningHub, transport: str
+) -> None:
     """A watcher whose client vanishes mid-stream is freed."""
     before = served.hub.watchers
     host, port = served.url.removeprefix("http://").split(":")

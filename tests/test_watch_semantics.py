@@ -44,7 +44,8 @@ async def quick() -> AsyncIterator[RunningHub]:
 
 
 @pytest.mark.parametrize(
-    "query", ["labelSelector=a%20in%20(b", "labelSelector=%3Dx", "fieldSelector=spec.x%3D1"]
+    "query",
+    ["labelSelector=a%20in%20(b", "labelSelector=%3Dx", "fieldSelector=spec.x%3D1"],
 )
 async def test_malformed_selector_is_400_before_streaming(
     served: RunningHub, http: aiohttp.ClientSession, query: str
@@ -88,7 +89,9 @@ async def test_label_selector_transitions_over_http(
     assert events[2]["object"]["metadata"]["labels"] == {"app": "db"}
 
 
-async def test_list_with_selectors(served: RunningHub, http: aiohttp.ClientSession) -> None:
+async def test_list_with_selectors(
+    served: RunningHub, http: aiohttp.ClientSession
+) -> None:
     """A list filters by label and field selectors."""
     pods = served.hub.collection("pods")
     await pods.create(pod("a", app="web"))
@@ -156,7 +159,9 @@ async def test_resume_from_bookmark_loses_nothing(
 ) -> None:
     """A filtered watcher resumes from a bookmark and gets every later match."""
     pods = quick.hub.collection("pods")
-    base = f"{quick.url}/api/v1/watch/pods?labelSelector=app%3Dweb&allowWatchBookmarks=1"
+    base = (
+        f"{quick.url}/api/v1/watch/pods?labelSelector=app%3Dweb&allowWatchBookmarks=1"
+    )
     async with http.get(base + "&resourceVersion=0") as response:
         for index in range(5):
             await pods.create(pod(f"other{index}", app="db"))
@@ -168,7 +173,9 @@ async def test_resume_from_bookmark_loses_nothing(
     async with http.get(base + f"&resourceVersion={rv_of(mark)}") as response:
         events = [e for e in await read_lines(response, 3) if e["type"] != "BOOKMARK"]
         while len(events) < 2:
-            events += [e for e in await read_lines(response, 1) if e["type"] != "BOOKMARK"]
+            events += [
+                e for e in await read_lines(response, 1) if e["type"] != "BOOKMARK"
+            ]
     assert [(e["object"]["metadata"]["name"], rv_of(e)) for e in events] == [
         ("w1", 6),
         ("w2", 8),
@@ -212,9 +219,7 @@ async def test_send_initial_events_ends_with_a_bookmark(
 # Server-Sent Events
 
 
-async def sse_records(
-    reader: asyncio.StreamReader, count: int
-) -> list[dict[str, str]]:
+async def sse_records(reader: asyncio.StreamReader, count: int) -> list[dict[str, str]]:
     """Read ``count`` SSE records (comments kept as ``comment``) from a raw stream."""
     records: list[dict[str, str]] = []
     record: dict[str, str] = {}
@@ -243,8 +248,8 @@ async def open_sse(
     host, port = running.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
-        f"GET {path} HTTP/1.0\r\nHost: x\r\nAccept: text/event-stream\r\n{headers}\r\n"
-        .encode()
+        f"GET {path} HTTP/1.0\r\nHost: x\r\n"
+        f"Accept: text/event-stream\r\n{headers}\r\n".encode()
     )
     await writer.drain()
     async with asyncio.timeout(TIMEOUT):
@@ -344,8 +349,8 @@ async def test_slow_watcher_is_ended_and_costs_no_memory(
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.connect((host, int(port)))
     slow.sendall(
-        f"GET /api/v1/watch/pods?resourceVersion={start} HTTP/1.1\r\nHost: x\r\n\r\n"
-        .encode()
+        f"GET /api/v1/watch/pods?resourceVersion={start} HTTP/1.1\r\n"
+        "Host: x\r\n\r\n".encode()
     )
     fast = await http.get(f"{running.url}/api/v1/watch/pods?resourceVersion={start}")
     await eventually(lambda: hub.watchers == 2)
@@ -370,7 +375,9 @@ async def test_slow_watcher_is_ended_and_costs_no_memory(
             if step % 200 == 0:
                 # Flow control for the fast watcher only: it is never more
                 # than a few hundred events behind the writes.
-                await eventually(lambda: len(received) >= step - 400 or bool(errors))
+                await eventually(
+                    lambda behind=step - 400: len(received) >= behind or bool(errors)
+                )
             if step in (20_000, total - 1):
                 measured[step] = rss_bytes()
         await asyncio.wait_for(reader, TIMEOUT)

@@ -76,6 +76,8 @@ def frame(kind: str, object_json: bytes, framing: str, rv: int | str = "") -> by
     raise ValueError(f"unknown framing {framing!r}")
 
 
-def frame_event(kind: str, obj: dict[str, Any], framing: str, rv: int | str = "") -> bytes:
+def frame_event(
+    kind: str, obj: dict[str, Any], framing: str, rv: int | str = ""
+) -> bytes:
     """Frame an event whose object is not encoded yet (bookmarks, errors)."""
     return frame(kind, dumps(obj), framing, rv)

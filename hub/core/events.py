@@ -12,7 +12,7 @@ from . import codec
 __all__ = ["Change", "Event", "EventType"]
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     """The type of a watch event, as it appears on the wire."""
 
     ADDED = "ADDED"
@@ -20,9 +20,6 @@ class EventType(str, enum.Enum):
     DELETED = "DELETED"
     BOOKMARK = "BOOKMARK"
     ERROR = "ERROR"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +121,9 @@ class Change:
         key = (kind, framing)
         data = self._frames.get(key)
         if data is None:
-            data = codec.frame(kind.value, self.object_json, framing, self.resource_version)
+            data = codec.frame(
+                kind.value, self.object_json, framing, self.resource_version
+            )
             self._frames[key] = data
         return data
 

@@ -7,7 +7,7 @@ import os
 import re
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import Invalid
@@ -87,7 +87,9 @@ def validate_body(body: Any, collection: str) -> dict[str, Any]:
         Invalid: the body is not an object, or its metadata is wrong.
     """
     if not isinstance(body, dict):
-        raise Invalid(f"body must be a JSON object, not {_json_type(body)}", kind=collection)
+        raise Invalid(
+            f"body must be a JSON object, not {_json_type(body)}", kind=collection
+        )
     metadata = body.get("metadata")
     if not isinstance(metadata, dict):
         raise Invalid("metadata must be an object with a name", kind=collection)
@@ -132,7 +134,7 @@ class _Clock:
     def __call__(self) -> str:
         second = int(time.time())
         if second != self._second:
-            moment = datetime.fromtimestamp(second, timezone.utc)
+            moment = datetime.fromtimestamp(second, UTC)
             self._text = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
             self._second = second
         return self._text
@@ -184,7 +186,9 @@ def _content(obj: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if key != "metadata"}
 
 
-def prepare_update(old: dict[str, Any], body: dict[str, Any], rv: int) -> dict[str, Any]:
+def prepare_update(
+    old: dict[str, Any], body: dict[str, Any], rv: int
+) -> dict[str, Any]:
     """
     Return the object to store for an update of ``old`` at resourceVersion ``rv``.
 

@@ -116,4 +116,5 @@ def hang_up(transport: asyncio.BaseTransport | None, grace: float) -> None:
     if transport is None or transport.is_closing():
         return
     transport.close()
-    asyncio.get_running_loop().call_later(grace, transport.abort)  # type: ignore[attr-defined]
+    abort = transport.abort  # type: ignore[attr-defined]
+    asyncio.get_running_loop().call_later(grace, abort)

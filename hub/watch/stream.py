@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 from ..core import codec
 from ..core.errors import Expired, HubError
@@ -30,7 +30,7 @@ INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 #: What a stream yields: a change with its event type for this watcher, or an
 #: event made for this watcher alone (BOOKMARK, ERROR).
-Item = Union[tuple[Change, EventType], Event]
+Item = tuple[Change, EventType] | Event
 
 
 def bookmark(resource_version: int, *, initial_end: bool = False) -> Event:
