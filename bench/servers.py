@@ -238,7 +238,7 @@ class Replicas:
 
     def cpu_seconds(self) -> float:
         """Return the CPU time all the processes have used so far."""
-        return sum(p.cpu_times().user + p.cpu_times().system for p in self.stats)
+        return sum(sum(p.cpu_times()[:2]) for p in self.stats)
 
     def rss(self) -> int:
         """Return the resident memory of all the processes, in bytes."""
