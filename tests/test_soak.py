@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import time
@@ -146,7 +147,7 @@ async def test_soak_memory_and_fds_return_to_baseline(
 
     await eventually(lambda: fds(pid) <= base_fds + FD_TOLERANCE, TIMEOUT)
     end_rss, end_fds = rss(pid), fds(pid)
-    print(
+    logging.getLogger("watchhub.tests").info(
         f"soak: {elapsed:.0f} s, {load.opened} watches, {load.events} reads; "
         f"rss {base_rss / 2**20:.1f} -> {end_rss / 2**20:.1f} MiB, "
         f"fds {base_fds} -> {end_fds}"

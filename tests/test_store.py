@@ -479,10 +479,8 @@ async def test_sqlite_smaller_history_trims_on_open(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_sqlite_driver_error_becomes_store_unavailable(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A failing write raises StoreUnavailable, is logged, and leaves no trace."""
+async def failing_store(tmp_path: Path, when: str) -> SQLiteStore:
+    """Open a SQLite store holding pods/a whose event inserts fail ``when``."""
     path = str(tmp_path / "hub.db")
     store = SQLiteStore(path)
     await store.open()
@@ -490,12 +488,19 @@ async def test_sqlite_driver_error_becomes_store_unavailable(
     await store.close()
     with sqlite3.connect(path) as conn:
         conn.execute(
-            "CREATE TRIGGER fail BEFORE INSERT ON events"
+            f"CREATE TRIGGER fail BEFORE INSERT ON events {when}"
             " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
         )
     conn.close()
-
     await store.open()
+    return store
+
+
+async def test_sqlite_driver_error_becomes_store_unavailable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing write raises StoreUnavailable, is logged, and leaves no trace."""
+    store = await failing_store(tmp_path, "")
     try:
         seen: list[Change] = []
         store.subscribe(seen.append)
@@ -787,20 +792,8 @@ async def test_sqlite_driver_error_in_a_batch_fails_only_its_write(
     tmp_path: Path,
 ) -> None:
     """A write whose statements fail mid-batch is rolled back alone, with no version."""
-    path = str(tmp_path / "hub.db")
-    store = SQLiteStore(path)
-    await store.open()
-    await store.create("pods", body("a"))
-    await store.close()
     # The object's row is written before the event's, which then fails.
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "CREATE TRIGGER fail BEFORE INSERT ON events WHEN NEW.name = 'bad'"
-            " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-        )
-    conn.close()
-
-    await store.open()
+    store = await failing_store(tmp_path, "WHEN NEW.name = 'bad'")
     try:
         seen: list[Change] = []
         store.subscribe(seen.append)
